@@ -1,0 +1,55 @@
+# MetaPortrait-Lightning: every Python target runs inside .venv, created by `make install`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3.11
+VENV        := .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+STAMP       := $(VENV)/.installed
+# Re-install when any of these change; otherwise `make install` does nothing.
+INSTALL_INPUTS := setup.cfg pyproject.toml Makefile
+
+DATA_ROOT   ?= data
+SAMPLE      ?= $(DATA_ROOT)/sample
+ARGS        ?=
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-fast demo sample train clean distclean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): $(INSTALL_INPUTS)
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip "setuptools>=70,<81" wheel
+	# CPU torch first: anything else asking for torch must find it already satisfied.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	# litdata's metadata asks for torchvision (which breaks beside CPU torch): no deps.
+	$(PIP) install -q --no-deps litdata==0.2.76
+	# opencv-python / -headless / -contrib share one cv2/ folder: contrib last wins.
+	$(PIP) install -q --no-deps --force-reinstall opencv-contrib-python==4.11.0.86
+	$(PY) -c "import torch, lightning, litdata, cv2, mediapipe, av, omegaconf; print('stack ok: torch', torch.__version__, 'lightning', lightning.__version__, 'cv2', cv2.__version__)"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the pinned stack (idempotent)
+
+test: install ## run the test suite (what CI runs)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+sample: install ## build the embedded sample dataset into $(SAMPLE) (once)
+	$(PY) -m data_modules.sample --output $(SAMPLE)
+
+demo: sample ## install, build the sample data and run the pipeline on it
+	$(PY) -m src.demo --sample $(SAMPLE)
+
+train: install ## python -m src.train STAGE=<stage> ARGS="key=value ..."
+	$(PY) -m src.train $(STAGE) $(ARGS)
+
+clean: ## remove outputs and caches (keeps .venv and data)
+	rm -rf outputs .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean ## also remove .venv and generated data
+	rm -rf $(VENV) $(DATA_ROOT)

@@ -1,0 +1,225 @@
+"""Config composition with plain OmegaConf.
+
+    default.yaml -> stages/<stage>.yaml -> presets (model/, trainer/, data/, logger/) -> command line
+
+Later wins. Everything is merged in struct mode: a key that does not exist in default.yaml (or in the
+stage's own section, e.g. `meta:` in stages/meta.yaml) is an error naming the key and the closest valid
+ones. Command-line values are type-checked against the value they replace.
+
+Command-line arguments are either preset selections (`model=tiny`, `trainer=ddp`) or dot-list overrides
+(`trainer.max_epochs=3`, `optim.betas=[0.9,0.99]`).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from src.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "lightning_configs"
+PRESET_GROUPS = ("model", "trainer", "data", "logger")
+_ABSENT = object()
+# YAML 1.1 (PyYAML) reads `1e-3` as a string; command lines use that notation all the time.
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def list_stages() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "stages").glob("*.yaml"))
+
+
+def list_presets(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping of keys")
+    return cfg
+
+
+def all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of cfg, interior nodes included (`trainer`, `trainer.max_epochs`, ...)."""
+    keys = []
+    for key in cfg.keys():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            keys.extend(all_keys(node, dotted + "."))
+    return keys
+
+
+def suggest(key: str, valid: Iterable[str], n: int = 3) -> list[str]:
+    """Closest valid keys: full-key similarity first, then keys sharing the last component."""
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=n, cutoff=0.6)
+    leaf = key.rsplit(".", 1)[-1]
+    leaves = {v.rsplit(".", 1)[-1]: v for v in valid}
+    for match in difflib.get_close_matches(leaf, list(leaves), n=n, cutoff=0.75):
+        if leaves[match] not in close:
+            close.append(leaves[match])
+    return close[:n]
+
+
+def _unknown_key(key: str, cfg: DictConfig, where: str) -> ConfigError:
+    hints = suggest(key, all_keys(cfg))
+    hint = f"; did you mean {', '.join(hints)}?" if hints else "; `python -m src.train --help` lists the keys"
+    return ConfigError(f"unknown config key '{key}' {where}{hint}")
+
+
+def _merge_strict(cfg: DictConfig, other: DictConfig, where: str) -> None:
+    """Merge `other` into cfg, refusing keys cfg does not have."""
+    for key in all_keys(other):
+        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise _unknown_key(key, cfg, where)
+    merged = OmegaConf.merge(cfg, other)
+    cfg.merge_with(merged)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, (DictConfig, dict)):
+        return "mapping"
+    if isinstance(value, (ListConfig, list)):
+        return "list"
+    return type(value).__name__
+
+
+def coerce(key: str, old: Any, new: Any) -> Any:
+    """Check a command-line value against the value it replaces; return it converted where lossless."""
+    if new is None or old is None:  # null clears a value; a null default accepts any type
+        return new
+    if isinstance(old, bool):
+        ok = isinstance(new, bool)
+    elif isinstance(old, int):
+        ok = isinstance(new, int) and not isinstance(new, bool)
+    elif isinstance(old, float):
+        ok = isinstance(new, (int, float)) and not isinstance(new, bool)
+        new = float(new) if ok else new
+    elif isinstance(old, str):
+        ok = not isinstance(new, (dict, list))
+        new = str(new) if ok and not isinstance(new, bool) else (str(new).lower() if ok else new)
+    elif isinstance(old, (ListConfig, list)):
+        ok = isinstance(new, list)
+    elif isinstance(old, (DictConfig, dict)):
+        ok = isinstance(new, dict)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(
+            f"config key '{key}' expects {_type_name(old)} (default {old!r}), got {_type_name(new)} {new!r}"
+        )
+    return new
+
+
+def parse_args(args: Iterable[str]) -> tuple[dict[str, str], list[tuple[str, Any]]]:
+    """Split `key=value` arguments into preset selections and typed dot-list overrides."""
+    selections: dict[str, str] = {}
+    overrides: list[tuple[str, Any]] = []
+    for arg in args:
+        if "=" not in arg or arg.startswith("="):
+            raise ConfigError(f"cannot read argument '{arg}': overrides look like key=value (e.g. trainer.max_epochs=3)")
+        key, raw = arg.split("=", 1)
+        key = key.strip()
+        if key in PRESET_GROUPS:
+            selections[key] = raw
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and _FLOAT.match(value.strip()):
+            value = float(value)
+        overrides.append((key, value))
+    return selections, overrides
+
+
+def compose(stage: str, args: Iterable[str] = ()) -> DictConfig:
+    """The resolved-to-be config of `stage` with command-line `args` (preset selections and overrides)."""
+    stages = list_stages()
+    if stage not in stages:
+        close = difflib.get_close_matches(stage, stages, n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown stage '{stage}' (stages: {', '.join(stages)}){hint}")
+    args = list(args)
+    selections, overrides = parse_args(args)
+
+    cfg = _load_yaml(CONFIG_DIR / "default.yaml")
+    stage_cfg = _load_yaml(CONFIG_DIR / "stages" / f"{stage}.yaml")
+    # A stage may add keys under its own section only.
+    own = stage_cfg.pop(stage, None)
+    cfg[stage] = own if own is not None else {}
+    OmegaConf.set_struct(cfg, True)
+    cfg.stage = stage
+    _merge_strict(cfg, stage_cfg, f"in lightning_configs/stages/{stage}.yaml")
+
+    for group, name in selections.items():
+        cfg.presets[group] = name
+    for group in PRESET_GROUPS:
+        name = cfg.presets[group]
+        path = CONFIG_DIR / group / f"{name}.yaml"
+        if not path.is_file():
+            options = list_presets(group)
+            close = difflib.get_close_matches(str(name), options, n=2, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown {group} preset '{name}' (choose from {', '.join(options)}){hint}")
+        _merge_strict(cfg, _load_yaml(path), f"in lightning_configs/{group}/{name}.yaml")
+
+    for key, value in overrides:
+        old = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        if old is _ABSENT:
+            raise _unknown_key(key, cfg, "on the command line")
+        OmegaConf.update(cfg, key, coerce(key, old, value), merge=False)
+
+    cfg.run_name = default_run_name(cfg.presets.model, args) if cfg.run_name is None else str(cfg.run_name)
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as exc:  # an interpolation pointing nowhere
+        raise ConfigError(f"cannot resolve the config: {exc}") from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"these keys need a value: {', '.join(missing)} (pass them as key=value)")
+    return cfg
+
+
+def default_run_name(model_preset: str, args: list[str]) -> str:
+    """`<model preset>` or `<model preset>-<hash>`: the same command always lands in the same run folder,
+    which is what lets a re-run resume instead of starting over."""
+    relevant = sorted(a for a in args if not a.startswith("run_name="))
+    if not relevant:
+        return str(model_preset)
+    digest = hashlib.sha1("\n".join(relevant).encode()).hexdigest()[:8]
+    return f"{model_preset}-{digest}"
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.output_root) / cfg.stage / cfg.run_name
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> Path:
+    """Write the resolved config to run_dir/config.yaml (atomically). An earlier, different config in the
+    same folder is kept as config.<n>.yaml rather than overwritten."""
+    path = run_dir / "config.yaml"
+    text = to_yaml(cfg)
+    if path.exists() and path.read_text() != text:
+        n = 1
+        while (run_dir / f"config.{n}.yaml").exists():
+            n += 1
+        path.rename(run_dir / f"config.{n}.yaml")
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,1 @@
+"""Face geometry shared by preprocessing, the sample generator, rendering and evaluation."""

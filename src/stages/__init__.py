@@ -1,0 +1,25 @@
+"""Stage runners: `python -m src.train STAGE` composes the config, then calls STAGE_RUNNERS[STAGE](cfg, run_dir).
+
+Each runner builds its DataModule, LightningModule and Trainer and fits. Entries are "module:function"
+strings so that `--help` and config errors do not import the training stack.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from src.errors import UserError
+
+STAGE_RUNNERS: dict[str, str] = {
+    # filled in as the stages land: "warp": "src.stages.stage1:run_warp", ...
+}
+
+
+def stage_runner(stage: str) -> Callable:
+    if stage not in STAGE_RUNNERS:
+        raise UserError(
+            f"stage '{stage}' has a config but no trainer in this version yet "
+            f"(implemented: {', '.join(sorted(STAGE_RUNNERS)) or 'none'}); `--print-config` shows its config"
+        )
+    module, func = STAGE_RUNNERS[stage].split(":")
+    return getattr(importlib.import_module(module), func)

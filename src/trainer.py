@@ -1,0 +1,34 @@
+"""Build a Lightning Trainer from the `trainer:` section of a composed config."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from src.loggers import build_loggers
+
+
+def checkpoint_callback(cfg: DictConfig, run_dir: Path) -> ModelCheckpoint:
+    ck = cfg.checkpoint
+    return ModelCheckpoint(
+        dirpath=str(Path(run_dir) / "checkpoints"),
+        every_n_train_steps=ck.every_n_train_steps,
+        save_last=ck.save_last,
+        save_top_k=ck.keep_top_k,
+    )
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback] | None = None, **overrides: Any) -> L.Trainer:
+    """A Trainer with the configured loggers, a checkpoint callback in run_dir/checkpoints and
+    the given extra callbacks; keyword overrides win over cfg.trainer."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs.update(overrides)
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        logger=build_loggers(cfg, run_dir),
+        callbacks=[checkpoint_callback(cfg, run_dir), *(callbacks or [])],
+        **kwargs,
+    )

@@ -1,0 +1,112 @@
+"""Video read/write with PyAV (H.264 + optional AAC), written atomically: a file under its final name
+is always complete."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import numpy as np
+
+from src.errors import UserError
+
+
+@dataclass
+class VideoInfo:
+    width: int
+    height: int
+    fps: float
+    frames: int
+    has_audio: bool
+
+
+def probe(path: str | Path) -> VideoInfo:
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise UserError(f"{path} has no video stream")
+            v = c.streams.video[0]
+            fps = float(v.average_rate or v.guessed_rate or 25)
+            frames = v.frames or sum(1 for _ in c.decode(video=0))
+            return VideoInfo(v.codec_context.width, v.codec_context.height, fps, frames, bool(c.streams.audio))
+    except av.FFmpegError as exc:
+        raise UserError(f"cannot read video {path}: {exc}") from None
+
+
+def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Decoded RGB uint8 frames of the first video stream."""
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in c.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+    except av.FFmpegError as exc:
+        raise UserError(f"cannot decode video {path}: {exc}") from None
+
+
+def read_frames(path: str | Path) -> np.ndarray:
+    return np.stack(list(iter_frames(path)))
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int] | None:
+    """(samples as float32 (channels, n), sample rate) of the first audio stream, or None."""
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return None
+        stream = c.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp", layout="mono", rate=stream.rate)
+        chunks = [r.to_ndarray() for f in c.decode(stream) for r in resampler.resample(f)]
+        chunks += [r.to_ndarray() for r in resampler.resample(None)]
+        return (np.concatenate(chunks, axis=1) if chunks else np.zeros((1, 0), np.float32)), stream.rate
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float = 25.0,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    crf: int = 18,
+    preset: str = "medium",
+    threads: int = 1,
+) -> Path:
+    """Encode RGB uint8 frames as H.264 (yuv420p) with an optional mono float32 AAC track.
+    Written to a temporary name and renamed, so an interrupted write leaves nothing under `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as c:
+            rate = Fraction(fps).limit_denominator(1001)
+            v = c.add_stream("libx264", rate=rate)
+            v.pix_fmt = "yuv420p"
+            v.options = {"crf": str(crf), "preset": preset}
+            v.thread_count = threads
+            a = None
+            if audio is not None:
+                a = c.add_stream("aac", rate=sample_rate)
+                a.layout = "mono"
+            first = True
+            for img in frames:
+                if first:
+                    v.height, v.width = img.shape[:2]
+                    first = False
+                for packet in v.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                    c.mux(packet)
+            c.mux(v.encode())
+            if a is not None:
+                samples = np.ascontiguousarray(audio.reshape(1, -1).astype(np.float32))
+                step = 1024
+                for start in range(0, samples.shape[1], step):
+                    frame = av.AudioFrame.from_ndarray(samples[:, start : start + step], format="fltp", layout="mono")
+                    frame.sample_rate = sample_rate
+                    frame.pts = start
+                    c.mux(a.encode(frame))
+                c.mux(a.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
