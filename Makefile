@@ -36,7 +36,9 @@ $(STAMP): $(INSTALL_INPUTS)
 install: $(STAMP) ## create .venv with the pinned stack (idempotent)
 
 test: install ## run the test suite (what CI runs)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@# pytest exits 5 when it collects no tests: a broken suite, so a failure here too
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 sample: install ## build the embedded sample dataset into $(SAMPLE) (once)
 	$(PY) -m data_modules.sample --output $(SAMPLE)

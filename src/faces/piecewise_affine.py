@@ -2,8 +2,9 @@
 
 Each destination triangle gets the affine map back to its source triangle. Triangle ids are rasterised
 at reduced resolution in painter's order (later triangles cover earlier ones, which handles folds from
-head rotation); the backward map is evaluated there and upsampled. A piecewise-affine map is continuous
-across shared edges, so linear upsampling of the map is nearly exact; cv2.remap does the sampling.
+head rotation); the backward map is evaluated there and its displacement upsampled. A piecewise-affine map is continuous
+across shared edges, so linear upsampling of the displacement is nearly exact (and exact for identity
+and translation, also at the image border); cv2.remap does the sampling.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class PiecewiseAffineWarper:
         # low-res pixel centres expressed in full-resolution pixel coordinates
         self.grid_x = (xs + 0.5) * width / self.low_w - 0.5
         self.grid_y = (ys + 0.5) * height / self.low_h - 0.5
+        self.full_y, self.full_x = np.mgrid[0:height, 0:width].astype(np.float32)
 
     def backward_map(self, src: np.ndarray, dst: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Full-resolution float32 maps (map_x, map_y) for cv2.remap. Pixels no triangle covers map to
@@ -54,11 +56,11 @@ class PiecewiseAffineWarper:
         a = affines[np.where(covered, ids, 0)]  # (h, w, 2, 3)
         map_x = a[..., 0, 0] * self.grid_x + a[..., 0, 1] * self.grid_y + a[..., 0, 2]
         map_y = a[..., 1, 0] * self.grid_x + a[..., 1, 1] * self.grid_y + a[..., 1, 2]
-        map_x = np.where(covered, map_x, self.grid_x).astype(np.float32)
-        map_y = np.where(covered, map_y, self.grid_y).astype(np.float32)
+        dx = np.where(covered, map_x - self.grid_x, 0.0).astype(np.float32)
+        dy = np.where(covered, map_y - self.grid_y, 0.0).astype(np.float32)
         size = (self.width, self.height)
-        return (cv2.resize(map_x, size, interpolation=cv2.INTER_LINEAR),
-                cv2.resize(map_y, size, interpolation=cv2.INTER_LINEAR))
+        return (cv2.resize(dx, size, interpolation=cv2.INTER_LINEAR) + self.full_x,
+                cv2.resize(dy, size, interpolation=cv2.INTER_LINEAR) + self.full_y)
 
     def warp(self, image: np.ndarray, src: np.ndarray, dst: np.ndarray, triangles: np.ndarray) -> np.ndarray:
         map_x, map_y = self.backward_map(src, dst, triangles)
