@@ -13,9 +13,13 @@ INSTALL_INPUTS := setup.cfg pyproject.toml Makefile
 DATA_ROOT   ?= data
 SAMPLE      ?= $(DATA_ROOT)/sample
 ARGS        ?=
+STAGE       ?=
+# MediaPipe/TFLite chatter on stderr is noise for users.
+export GLOG_minloglevel ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-fast demo sample train clean distclean
+.PHONY: help install test demo sample train clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,10 +47,10 @@ test: install ## run the test suite (what CI runs)
 sample: install ## build the embedded sample dataset into $(SAMPLE) (once)
 	$(PY) -m data_modules.sample --output $(SAMPLE)
 
-demo: sample ## install, build the sample data and run the pipeline on it
-	$(PY) -m src.demo --sample $(SAMPLE)
+demo: install ## install, build the sample data and run the pipeline on it (outputs/demo/)
+	$(PY) -m src.demo --sample $(SAMPLE) --output outputs/demo
 
-train: install ## python -m src.train STAGE=<stage> ARGS="key=value ..."
+train: install ## train one stage: make train STAGE=warp ARGS="key=value ..."
 	$(PY) -m src.train $(STAGE) $(ARGS)
 
 clean: ## remove outputs and caches (keeps .venv and data)
