@@ -1,0 +1,52 @@
+"""Reading what `python -m src.preprocess` wrote: the manifest, and frames out of a litdata item."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from src.errors import UserError
+
+
+def load_manifest(root: str | Path) -> dict:
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{root} is not a finished shard folder (no manifest.json): run "
+                        f"python -m src.preprocess --input VIDEOS --output {root}")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != "metaportrait-shards":
+        raise UserError(f"{path} is not a metaportrait shard manifest")
+    return manifest
+
+
+def check_id_dim(requested: int | None, manifest: dict) -> int:
+    """The identity-embedding dimension to build models with: the shards' own, and a config asking for
+    another one is an error naming both."""
+    have = int(manifest["embedding"]["dim"])
+    if requested is not None and int(requested) != have:
+        raise UserError(f"model.id_dim={requested} but the shards hold {have}-D embeddings from "
+                        f"{manifest['embedding']['backend']}: set model.id_dim={have} (or null) or re-preprocess")
+    return have
+
+
+def decode_frames(item: dict, indices, hq: bool = False, size: int | None = None) -> np.ndarray:
+    """(len(indices), H, W, 3) uint8 RGB frames of a litdata item, resized to `size` when given."""
+    blob, offsets = (item["frames512"], item["offsets512"]) if hq else (item["frames256"], item["offsets256"])
+    out = []
+    for i in indices:
+        buf = np.frombuffer(blob, np.uint8, count=int(offsets[i + 1] - offsets[i]), offset=int(offsets[i]))
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
+        if size is not None and img.shape[0] != size:
+            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC)
+        out.append(img)
+    return np.stack(out)
+
+
+def num_frames(item: dict) -> int:
+    return len(item["offsets256"]) - 1
+
+
+def has_hq(item: dict) -> bool:
+    return len(item["offsets512"]) > 1

@@ -1,0 +1,293 @@
+"""VoxCeleb2DataModule: preprocessed shards -> training samples for every stage.
+
+Modes (data.mode):
+  pairs     stage 1: a source and a driving frame of the same clip, their landmarks, the identity embedding;
+  episodes  meta-learning: one identity per item with K support, Q query frames and a source frame,
+            query frames from another clip of the person when it has one (cross_clip);
+  windows   super-resolution: T consecutive frames at 256 and 512 (clips without 512 are skipped).
+
+`pairs` and `windows` stream with litdata: each rank (and worker) iterates its own part of the chunks.
+`episodes` needs all clips of an identity, so it is map-style over identities (random access into the same
+streaming dataset) and Lightning's DistributedSampler gives each rank its own identities. Datasets are
+built inside `setup()`, after the Trainer has launched its processes (see lightning-notes: a litdata
+dataset constructed earlier sees world_size=1).
+
+Landmark images, gaze heat-maps and region masks are rendered on the device, after the batch moved there.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from data_modules.augment import ClipAugment
+from data_modules.shards import check_id_dim, decode_frames, has_hq, load_manifest, num_frames
+from src.errors import UserError
+
+MODES = ("pairs", "episodes", "windows")
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha1(repr(parts).encode()).digest()[:8], "little")
+
+
+@dataclass
+class SampleSpec:
+    mode: str
+    resolution: int
+    samples_per_clip: int = 4
+    window: int = 6
+    support: int = 4
+    query: int = 4
+    cross_clip: bool = True
+    augment: bool = False
+    seed: int = 0
+
+
+def make_pair(item: dict, spec: SampleSpec, rng: np.random.Generator, aug: ClipAugment | None,
+              src_idx: int | None = None, drv_idx: int | None = None) -> dict:
+    n = num_frames(item)
+    s = int(rng.integers(n)) if src_idx is None else src_idx
+    d = int(rng.integers(n)) if drv_idx is None else drv_idx
+    frames = decode_frames(item, [s, d], size=spec.resolution)
+    lms = item["landmarks"][[s, d]].astype(np.float32)
+    if aug is not None:
+        frames, lms = aug(frames, lms, rng)
+    imgs = _to_tensor(frames)
+    return {"source": imgs[0], "driving": imgs[1], "source_landmarks": torch.from_numpy(lms[0]),
+            "driving_landmarks": torch.from_numpy(lms[1]), "embedding": torch.from_numpy(item["embedding"].copy()),
+            "identity": item["identity"], "key": item["key"], "frames": torch.tensor([s, d])}
+
+
+def make_window(item: dict, spec: SampleSpec, start: int) -> dict:
+    """T consecutive frames from `start`; a clip end shorter than T repeats its last frame."""
+    n = num_frames(item)
+    idx = [min(start + t, n - 1) for t in range(spec.window)]
+    lq = decode_frames(item, idx, size=spec.resolution)
+    hq = decode_frames(item, idx, hq=True, size=2 * spec.resolution)
+    return {"lq": _to_tensor(lq), "hq": _to_tensor(hq), "landmarks": torch.from_numpy(item["landmarks"][idx].astype(np.float32)),
+            "valid": torch.tensor([start + t < n for t in range(spec.window)]),
+            "identity": item["identity"], "key": item["key"], "start": start}
+
+
+class ClipStream(IterableDataset):
+    """pairs/windows samples from a litdata StreamingDataset of clips (one item = one clip)."""
+
+    def __init__(self, streaming, spec: SampleSpec, deterministic: bool):
+        self.ds, self.spec, self.deterministic = streaming, spec, deterministic
+        self.aug = ClipAugment() if spec.augment else None
+        self.epoch = 0
+        self.skipped_no_hq = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        worker = get_worker_info()
+        wid = worker.id if worker else 0
+        epoch = 0 if self.deterministic else self.epoch
+        if not self.deterministic:
+            self.ds.set_epoch(epoch + 1)  # litdata counts epochs from 1; its shuffle depends on it
+        for item in self.ds:
+            rng = np.random.default_rng(_seed(self.spec.seed, epoch, wid, item["key"]))
+            if self.spec.mode == "pairs":
+                for k in range(self.spec.samples_per_clip):
+                    if self.deterministic:  # validation: source = first frame, evenly spaced driving frames
+                        n = num_frames(item)
+                        drv = int(round((k + 1) * (n - 1) / self.spec.samples_per_clip))
+                        yield make_pair(item, self.spec, rng, None, 0, drv)
+                    else:
+                        yield make_pair(item, self.spec, rng, self.aug)
+            else:  # windows
+                if not has_hq(item):
+                    self.skipped_no_hq += 1
+                    continue
+                n = num_frames(item)
+                starts = (np.linspace(0, max(n - self.spec.window, 0), self.spec.samples_per_clip).round().astype(int)
+                          if self.deterministic else rng.integers(0, max(n - self.spec.window, 0) + 1, self.spec.samples_per_clip))
+                for s in starts:
+                    yield make_window(item, self.spec, int(s))
+
+
+class EpisodeDataset(Dataset):
+    """One identity per item: a source, K support and Q query frames (map-style, random access)."""
+
+    def __init__(self, streaming, clips_by_identity: dict[str, list[int]], spec: SampleSpec, deterministic: bool):
+        self.ds, self.spec, self.deterministic = streaming, spec, deterministic
+        self.identities = sorted(clips_by_identity)
+        self.clips = clips_by_identity
+        self.aug = ClipAugment() if spec.augment else None
+
+    def __len__(self) -> int:
+        return len(self.identities)
+
+    def __getitem__(self, i: int) -> dict:
+        ident = self.identities[i]
+        rng = np.random.default_rng(_seed(self.spec.seed, ident, "val" if self.deterministic else torch.initial_seed()))
+        order = list(self.clips[ident]) if self.deterministic else list(rng.permutation(self.clips[ident]))
+        support_item = self.ds[int(order[0])]
+        query_item = self.ds[int(order[1])] if self.spec.cross_clip and len(order) > 1 else support_item
+        k, q = self.spec.support, self.spec.query
+        n_s, n_q = num_frames(support_item), num_frames(query_item)
+        if self.deterministic:
+            s_idx = np.linspace(1, n_s - 1, k + 1).round().astype(int)  # [source, support...]
+            q_idx = np.linspace(0, n_q - 1, q).round().astype(int)
+            s_idx[0] = 0
+        else:
+            s_idx = rng.choice(n_s, k + 1, replace=n_s < k + 1)
+            q_idx = rng.choice(n_q, q, replace=n_q < q)
+        s_frames = decode_frames(support_item, s_idx, size=self.spec.resolution)
+        q_frames = decode_frames(query_item, q_idx, size=self.spec.resolution)
+        frames = np.concatenate([s_frames, q_frames])
+        lms = np.concatenate([support_item["landmarks"][s_idx], query_item["landmarks"][q_idx]]).astype(np.float32)
+        if self.aug is not None:
+            frames, lms = self.aug(frames, lms, rng)
+        imgs, lms = _to_tensor(frames), torch.from_numpy(lms)
+        return {
+            "source": imgs[0], "source_landmarks": lms[0],
+            "support": imgs[1 : k + 1], "support_landmarks": lms[1 : k + 1],
+            "query": imgs[k + 1 :], "query_landmarks": lms[k + 1 :],
+            "embedding": torch.from_numpy(support_item["embedding"].copy()),
+            "identity": ident, "support_key": support_item["key"], "query_key": query_item["key"],
+        }
+
+
+class VoxCeleb2DataModule(L.LightningDataModule):
+    def __init__(self, root: str, mode: str = "pairs", resolution: int = 256, batch_size: int = 4,
+                 num_workers: int = 2, train_split: str = "dev", val_split: str = "test", augment: bool = True,
+                 samples_per_clip: int = 4, window: int = 6, support: int = 4, query: int = 4,
+                 cross_clip: bool = True, id_dim: int | None = None, render: bool = True, seed: int = 0,
+                 edges: str = "contours"):
+        super().__init__()
+        if mode not in MODES:
+            raise UserError(f"data.mode must be one of {', '.join(MODES)}, got '{mode}'")
+        self.root, self.mode = Path(root), mode
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_split, self.val_split = train_split, val_split
+        self.render, self.edges = render, edges
+        self.spec = SampleSpec(mode, resolution, samples_per_clip, window, support, query, cross_clip, augment, seed)
+        self.requested_id_dim = id_dim
+        self.manifest = load_manifest(self.root)  # cheap JSON; validates the folder early
+        self.id_dim = check_id_dim(id_dim, self.manifest)
+        self._renderer = None
+        self.train_set = self.val_set = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "VoxCeleb2DataModule":
+        d = cfg.data
+        return cls(root=d.root, mode=d.mode, resolution=d.resolution, batch_size=d.batch_size,
+                   num_workers=d.num_workers, train_split=d.train_split, val_split=d.val_split,
+                   augment=d.augment, id_dim=cfg.model.id_dim, seed=cfg.seed)
+
+    # ---------------------------------------------------------------------------------------------------
+    def identities(self, split: str) -> list[str]:
+        return self.manifest["splits"].get(split, {}).get("identities", [])
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in {self.train_split, self.val_split}:
+            if split not in self.manifest["splits"]:
+                raise UserError(f"split '{split}' is not in {self.root} (has: {', '.join(self.manifest['splits'])})")
+        shared = set(self.identities(self.train_split)) & set(self.identities(self.val_split))
+        if self.train_split != self.val_split and shared:
+            raise UserError(f"validation is not identity-disjoint: {sorted(shared)[:5]} appear in both "
+                            f"'{self.train_split}' and '{self.val_split}'")
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = self._dataset(self.train_split, deterministic=False)
+        if self.val_set is None and stage in (None, "fit", "validate"):
+            self.val_set = self._dataset(self.val_split, deterministic=True)
+
+    def _dataset(self, split: str, deterministic: bool):
+        from litdata import StreamingDataset
+
+        spec = SampleSpec(**{**self.spec.__dict__, "augment": self.spec.augment and not deterministic})
+        # Streaming order is shuffled for training; validation reads in a fixed order.
+        streaming = StreamingDataset(str(self.root / split), shuffle=not deterministic, seed=self.spec.seed,
+                                     drop_last=not deterministic)
+        if self.mode == "episodes":
+            by_id: dict[str, list[int]] = {}
+            for clip in self.manifest["clips"]:
+                if clip["split"] == split:
+                    by_id.setdefault(clip["identity"], []).append(clip["index"])
+            return EpisodeDataset(streaming, by_id, spec, deterministic)
+        return ClipStream(streaming, spec, deterministic)
+
+    def _loader(self, dataset, train: bool) -> DataLoader:
+        is_map = isinstance(dataset, Dataset) and not isinstance(dataset, IterableDataset)
+        return EpochLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                          shuffle=train and is_map, drop_last=train, collate_fn=collate,
+                          persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            self.setup("validate")
+        return self._loader(self.val_set, train=False)
+
+    # ---------------------------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Render landmark guidance where the batch now lives (GPU in training, CPU in tests)."""
+        if self.render:
+            render_guidance(batch, self.renderer(batch), self.spec.resolution)
+        return batch
+
+    def renderer(self, batch: dict):
+        from src.faces.render import LandmarkRenderer
+
+        device = next(v.device for v in batch.values() if torch.is_tensor(v))
+        if self._renderer is None:
+            self._renderer = LandmarkRenderer(self.edges)
+        return self._renderer.to(device)
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader that tells an iterable dataset which epoch starts, from the main process: worker
+    processes get a fresh copy of the dataset every epoch, so a counter kept inside them never advances."""
+
+    _epochs = 0
+
+    def __iter__(self):
+        if isinstance(self.dataset, ClipStream):
+            self.dataset.set_epoch(self._epochs)
+            self._epochs += 1
+        return super().__iter__()
+
+
+def render_guidance(batch: dict, renderer, size: int) -> dict:
+    """Add `<name>_lmk_img` for every `<name>_landmarks` (flattening frame axes), and gaze maps and eye/mouth
+    masks of the driving (pairs) or query (episodes) frames."""
+    from src.faces.render import gaze_heatmaps, region_masks
+
+    for key in [k for k in batch if k.endswith("_landmarks")]:
+        lm = batch[key]
+        flat = lm.reshape(-1, *lm.shape[-2:])
+        name = key[: -len("_landmarks")]
+        batch[f"{name}_lmk_img"] = renderer(flat, size).reshape(*lm.shape[:-2], 3, size, size)
+        if name in ("driving", "query", "support"):
+            gaze = gaze_heatmaps(flat, size)
+            eyes, mouth = region_masks(flat, size)
+            batch[f"{name}_gaze"] = gaze.reshape(*lm.shape[:-2], 2, size, size)
+            batch[f"{name}_eye_mask"] = eyes.reshape(*lm.shape[:-2], 1, size, size)
+            batch[f"{name}_mouth_mask"] = mouth.reshape(*lm.shape[:-2], 1, size, size)
+    return batch
+
+
+def collate(samples: list[dict]) -> dict:
+    out = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        out[key] = torch.stack(values) if torch.is_tensor(values[0]) else values
+    return out
