@@ -162,7 +162,28 @@ class EpisodeDataset(Dataset):
         }
 
 
-class VoxCeleb2DataModule(L.LightningDataModule):
+class GuidanceDataModule(L.LightningDataModule):
+    """Renders landmark guidance on the device the batch was moved to (GPU in training, CPU in tests)."""
+
+    render: bool = True
+    edges: str = "contours"
+    _renderer = None
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.render:
+            render_guidance(batch, self.renderer(batch), self.spec.resolution)
+        return batch
+
+    def renderer(self, batch: dict):
+        from src.faces.render import LandmarkRenderer
+
+        device = next(v.device for v in batch.values() if torch.is_tensor(v))
+        if self._renderer is None:
+            self._renderer = LandmarkRenderer(self.edges)
+        return self._renderer.to(device)
+
+
+class VoxCeleb2DataModule(GuidanceDataModule):
     def __init__(self, root: str, mode: str = "pairs", resolution: int = 256, batch_size: int = 4,
                  num_workers: int = 2, train_split: str = "dev", val_split: str = "test", augment: bool = True,
                  samples_per_clip: int = 4, window: int = 6, support: int = 4, query: int = 4,
@@ -179,7 +200,6 @@ class VoxCeleb2DataModule(L.LightningDataModule):
         self.requested_id_dim = id_dim
         self.manifest = load_manifest(self.root)  # cheap JSON; validates the folder early
         self.id_dim = check_id_dim(id_dim, self.manifest)
-        self._renderer = None
         self.train_set = self.val_set = None
 
     @classmethod
@@ -236,21 +256,6 @@ class VoxCeleb2DataModule(L.LightningDataModule):
         if self.val_set is None:
             self.setup("validate")
         return self._loader(self.val_set, train=False)
-
-    # ---------------------------------------------------------------------------------------------------
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Render landmark guidance where the batch now lives (GPU in training, CPU in tests)."""
-        if self.render:
-            render_guidance(batch, self.renderer(batch), self.spec.resolution)
-        return batch
-
-    def renderer(self, batch: dict):
-        from src.faces.render import LandmarkRenderer
-
-        device = next(v.device for v in batch.values() if torch.is_tensor(v))
-        if self._renderer is None:
-            self._renderer = LandmarkRenderer(self.edges)
-        return self._renderer.to(device)
 
 
 class EpochLoader(DataLoader):

@@ -39,3 +39,50 @@ def small_sample(tmp_path_factory, small_sample_settings) -> Path:
     root = tmp_path_factory.mktemp("sample")
     build(root, small_sample_settings, workers=2, quiet=True)
     return root
+
+
+def _faceless_video(path: Path) -> None:
+    """A 2 s clip of moving colour gradients: decodable, no face."""
+    import numpy as np
+
+    from src.video_io import write_video
+
+    yy, xx = np.mgrid[0:240, 0:320]
+    frames = [np.stack([(xx + 4 * t) % 256, (yy + 2 * t) % 256, np.full_like(xx, 128)], -1).astype(np.uint8)
+              for t in range(50)]
+    write_video(path, frames, fps=25)
+
+
+@pytest.fixture(scope="session")
+def preprocess_input(tmp_path_factory, fixtures_dir) -> Path:
+    """The real voxceleb2_mini clips plus bad files: corrupt, zero-length, truncated, face-less."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("vox_input")
+    shutil.copytree(fixtures_dir / "voxceleb2_mini", root, dirs_exist_ok=True)
+    for p in root.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    bad = root / "dev" / "mp4"
+    (bad / "id99991" / "corrupt").mkdir(parents=True)
+    (bad / "id99991" / "corrupt" / "00001.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
+    (bad / "id99992" / "empty").mkdir(parents=True)
+    (bad / "id99992" / "empty" / "00001.mp4").write_bytes(b"")
+    real = sorted((fixtures_dir / "voxceleb2_mini" / "dev" / "mp4").glob("*/*/*.mp4"))[0].read_bytes()
+    (bad / "id99993" / "truncated").mkdir(parents=True)
+    (bad / "id99993" / "truncated" / "00001.mp4").write_bytes(real[: len(real) // 3])
+    (bad / "id99994" / "noface").mkdir(parents=True)
+    _faceless_video(bad / "id99994" / "noface" / "00001.mp4")
+    return root
+
+
+PREPROCESS_ARGS = ["--max-frames-per-clip", "30", "--workers", "2", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory, preprocess_input) -> Path:
+    """Shards preprocessed from `preprocess_input` (30 frames per clip, to stay fast)."""
+    from src.preprocess import run
+
+    out = tmp_path_factory.mktemp("shards")
+    run(["--input", str(preprocess_input), "--output", str(out), *PREPROCESS_ARGS])
+    return out

@@ -1,0 +1,131 @@
+"""Preprocessing real talking-head clips (and bad files) into shards."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_modules.shards import decode_frames, load_manifest
+from src.faces.landmarks import FaceMesh
+from src.preprocess import crop_frame, load_clip, run
+from src.video_io import read_frames
+from tests.conftest import PREPROCESS_ARGS, REPO
+
+BAD = {"dev/id99991/corrupt/00001", "dev/id99992/empty/00001", "dev/id99993/truncated/00001",
+       "dev/id99994/noface/00001"}
+
+
+def _real_keys(fixtures_dir) -> set[str]:
+    root = fixtures_dir / "voxceleb2_mini"
+    return {p.relative_to(root).as_posix().replace("/mp4/", "/").removesuffix(".mp4")
+            for p in root.glob("*/mp4/*/*/*.mp4")}
+
+
+def test_every_real_clip_in_manifest_bad_ones_rejected(shards, fixtures_dir):
+    manifest = load_manifest(shards)
+    keys = {c["key"] for c in manifest["clips"]}
+    assert keys == _real_keys(fixtures_dir)
+    rejects = {r["clip"]: r["reason"] for r in map(json.loads, (shards / "rejects.jsonl").read_text().splitlines())}
+    assert set(rejects) == BAD
+    assert "no face" in rejects["dev/id99994/noface/00001"]
+    for key in BAD - {"dev/id99994/noface/00001"}:
+        assert any(w in rejects[key] for w in ("unreadable", "no decodable", "too few")), rejects[key]
+    assert manifest["embedding"] == {"backend": "dlib-resnet", "dim": 128}  # offline here: dlib
+    assert manifest["splits"]["test"]["identities"] == ["id90010", "id90012"]
+    for c in manifest["clips"]:
+        assert 8 <= c["frames"] <= 30 and c["has_sr"] == (c["crop_box"][2] >= 0.85 * 512)
+    assert not list(shards.rglob("*.pkl")) and not list(shards.rglob("*.pickle"))
+
+
+def test_stored_arrays(shards):
+    from litdata import StreamingDataset
+
+    ds = StreamingDataset(str(shards / "dev"))
+    manifest = load_manifest(shards)
+    item = ds[0]
+    meta = next(c for c in manifest["clips"] if c["split"] == "dev" and c["index"] == 0)
+    assert item["key"] == meta["key"]
+    n = meta["frames"]
+    assert item["landmarks"].shape == (n, 478, 3) and item["landmarks"].dtype == np.float16
+    assert item["align"].shape == (n, 2, 3) and item["embedding"].shape == (128,)
+    assert abs(np.linalg.norm(item["embedding"]) - 1) < 1e-3
+    frames = decode_frames(item, range(n))
+    assert frames.shape == (n, 256, 256, 3)
+    if meta["has_sr"]:
+        assert decode_frames(item, [0], hq=True).shape == (1, 512, 512, 3)
+
+
+def test_landmarks_line_up_with_the_face(shards, preprocess_input):
+    """Stored landmarks vs an independent reference: MediaPipe run on the *original* full frame, mapped
+    into the crop with the recorded crop box."""
+    manifest = load_manifest(shards)
+    for meta in manifest["clips"][::6]:
+        clip = load_clip(shards / ".work" / f"{meta['key']}.npz")
+        frame_no = int(clip["frame_index"][len(clip["frame_index"]) // 2])
+        original = read_frames(meta["source"])[frame_no]
+        with FaceMesh(static=True) as mesh:
+            faces = mesh(original)
+        assert faces
+        h, w = original.shape[:2]
+        cx, cy, side = meta["crop_box"]
+        ref = np.stack([(f[:, 0] * w - (cx - side / 2)) / side for f in faces], 0), \
+            np.stack([(f[:, 1] * h - (cy - side / 2)) / side for f in faces], 0)
+        k = list(clip["frame_index"]).index(frame_no)
+        stored = clip["landmarks"][k, :, :2].astype(np.float32)
+        errors = [np.mean(np.hypot(ref[0][i] - stored[:, 0], ref[1][i] - stored[:, 1])) for i in range(len(faces))]
+        assert min(errors) < 0.015, (meta["key"], errors)  # under 4 px at 256
+        # and the crop itself shows that face: the nose tip is near the crop's centre, not at its border
+        assert 0.3 < stored[1, 0] < 0.7 and 0.3 < stored[1, 1] < 0.75
+
+
+def test_rerun_does_not_reprocess_and_resumes(tmp_path, preprocess_input, shards):
+    work = shards / ".work"
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("*.npz")}
+    r = subprocess.run([sys.executable, "-m", "src.preprocess", "--input", str(preprocess_input), "--output",
+                        str(shards), *PREPROCESS_ARGS[:-1]], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "up to date" in r.stdout, r.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.npz")} == before
+
+    # an interrupted run: one clip unfinished (its temp file left behind) and no manifest yet
+    victim = sorted(work.rglob("*.npz"))[3]
+    victim.rename(victim.with_name(victim.name + ".tmp"))
+    manifest = (shards / "manifest.json").read_bytes()
+    (shards / "manifest.json").unlink()
+    run(["--input", str(preprocess_input), "--output", str(shards), *PREPROCESS_ARGS])
+    after = {p: p.stat().st_mtime_ns for p in work.rglob("*.npz")}
+    assert victim.exists() and not list(work.rglob("*.tmp"))
+    assert all(after[p] == t for p, t in before.items() if p != victim)  # only the victim was redone
+    new = json.loads((shards / "manifest.json").read_bytes())
+    assert {c["key"] for c in new["clips"]} == {c["key"] for c in json.loads(manifest)["clips"]}
+
+
+def test_bad_arguments_are_clear(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "src.preprocess", "--input", str(tmp_path / "nope"), "--output",
+                        str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "is not a folder" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run([sys.executable, "-m", "src.preprocess", "--input", str(tmp_path / "empty"), "--output",
+                        str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "no video files" in r.stderr
+
+
+def test_plain_folder_of_videos(tmp_path, fixtures_dir):
+    """Personal footage: a folder of files, each its own identity."""
+    src = sorted((fixtures_dir / "voxceleb2_mini" / "test" / "mp4").glob("*/*/*.mp4"))
+    folder = tmp_path / "me"
+    folder.mkdir()
+    for i, p in enumerate(src):
+        (folder / f"take{i}.mp4").write_bytes(p.read_bytes())
+    manifest = run(["--input", str(folder), "--output", str(tmp_path / "out"), "--workers", "1",
+                    "--max-frames-per-clip", "12", "--quiet"])
+    assert sorted(c["identity"] for c in manifest["clips"]) == ["take0", "take1"]
+    assert list(manifest["splits"]) == ["dev"]
+
+
+def test_crop_frame_pads_outside_the_picture():
+    img = np.full((100, 100, 3), 200, np.uint8)
+    out = crop_frame(img, (10.0, 10.0, 80.0), 64)
+    assert out.shape == (64, 64, 3) and out.min() == 200  # replicated border, no black bars
