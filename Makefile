@@ -19,7 +19,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install test demo sample train clean distclean
+.PHONY: help install test demo sample preprocess train bench clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,14 @@ demo: install ## install, build the sample data and run the pipeline on it (outp
 
 train: install ## train one stage: make train STAGE=warp ARGS="key=value ..."
 	$(PY) -m src.train $(STAGE) $(ARGS)
+
+preprocess: install ## preprocess videos: make preprocess INPUT=/path/to/voxceleb2 OUTPUT=data/voxceleb2_shards
+	$(PY) -m src.preprocess --input $(INPUT) --output $(OUTPUT) $(ARGS)
+
+bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md
+	$(PY) -m benchmarks.bench_preprocess
+	$(PY) -m benchmarks.bench_datamodules
+	$(PY) -m benchmarks.report
 
 clean: ## remove outputs and caches (keeps .venv and data)
 	rm -rf outputs .pytest_cache

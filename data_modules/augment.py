@@ -14,30 +14,37 @@ from src.faces.topology import FLIP_PERMUTATION
 
 class ClipAugment:
     def __init__(self, flip_p: float = 0.5, affine_p: float = 0.5, colour_p: float = 0.5):
-        self.flip_p = flip_p
-        self.transform = A.ReplayCompose(
-            [
-                A.Affine(scale=(0.95, 1.05), translate_percent=(-0.03, 0.03), rotate=(-5, 5),
-                         border_mode=1, p=affine_p),  # cv2.BORDER_REPLICATE
-                A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=colour_p),
-            ],
-            keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
-        )
+        self.flip_p, self.affine_p, self.colour_p = flip_p, affine_p, colour_p
+        self._compose: dict[int, A.Compose] = {}
+
+    def compose(self, n: int) -> A.Compose:
+        """One Compose for n frames: albumentations draws the parameters once and applies them to every
+        image and keypoint set named in additional_targets (cheaper than replaying per frame)."""
+        if n not in self._compose:
+            extra = {f"image{i}": "image" for i in range(1, n)} | {f"keypoints{i}": "keypoints" for i in range(1, n)}
+            self._compose[n] = A.Compose(
+                [
+                    A.Affine(scale=(0.95, 1.05), translate_percent=(-0.03, 0.03), rotate=(-5, 5),
+                             border_mode=1, p=self.affine_p),  # cv2.BORDER_REPLICATE
+                    A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=self.colour_p),
+                ],
+                keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+                additional_targets=extra,
+            )
+        return self._compose[n]
 
     def __call__(self, frames: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """frames (N, H, W, 3) uint8 and landmarks (N, 478, 3) normalised -> the same, augmented alike."""
         n, h, w = frames.shape[:3]
-        frames, landmarks = frames.copy(), landmarks.astype(np.float32).copy()
-        replay = None
-        for i in range(n):
-            kp = landmarks[i, :, :2] * [w, h]
-            if replay is None:
-                out = self.transform(image=frames[i], keypoints=kp)
-                replay = out["replay"]
-            else:
-                out = A.ReplayCompose.replay(replay, image=frames[i], keypoints=kp)
-            frames[i] = out["image"]
-            landmarks[i, :, :2] = np.asarray(out["keypoints"], np.float32)[:, :2] / [w, h]
+        landmarks = landmarks.astype(np.float32).copy()
+        names = [("image", "keypoints")] + [(f"image{i}", f"keypoints{i}") for i in range(1, n)]
+        inputs = {}
+        for i, (im, kp) in enumerate(names):
+            inputs[im], inputs[kp] = frames[i], landmarks[i, :, :2] * [w, h]
+        out = self.compose(n)(**inputs)
+        frames = np.stack([out[im] for im, _ in names])
+        for i, (_, kp) in enumerate(names):
+            landmarks[i, :, :2] = np.asarray(out[kp], np.float32)[:, :2] / [w, h]
         if rng.random() < self.flip_p:
             frames, landmarks = hflip(frames, landmarks)
         return frames, landmarks

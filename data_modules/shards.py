@@ -34,14 +34,16 @@ def check_id_dim(requested: int | None, manifest: dict) -> int:
 def decode_frames(item: dict, indices, hq: bool = False, size: int | None = None) -> np.ndarray:
     """(len(indices), H, W, 3) uint8 RGB frames of a litdata item, resized to `size` when given."""
     blob, offsets = (item["frames512"], item["offsets512"]) if hq else (item["frames256"], item["offsets256"])
-    out = []
-    for i in indices:
+    out = None
+    for k, i in enumerate(indices):
         buf = np.frombuffer(blob, np.uint8, count=int(offsets[i + 1] - offsets[i]), offset=int(offsets[i]))
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         if size is not None and img.shape[0] != size:
             img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC)
-        out.append(img)
-    return np.stack(out)
+        if out is None:
+            out = np.empty((len(indices), *img.shape), np.uint8)
+        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[k])
+    return out
 
 
 def num_frames(item: dict) -> int:

@@ -33,8 +33,9 @@ MODES = ("pairs", "episodes", "windows")
 
 
 def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) uint8. Images cross the worker boundary as bytes (4x less than
+    float) and become float in [0, 1] on the device, in `on_after_batch_transfer`."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
 
 
 def _seed(*parts) -> int:
@@ -170,6 +171,7 @@ class GuidanceDataModule(L.LightningDataModule):
     _renderer = None
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        to_float(batch)
         if self.render:
             render_guidance(batch, self.renderer(batch), self.spec.resolution)
         return batch
@@ -256,6 +258,14 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         if self.val_set is None:
             self.setup("validate")
         return self._loader(self.val_set, train=False)
+
+
+def to_float(batch: dict) -> dict:
+    """uint8 image tensors -> float in [0, 1], in place, on whatever device they are."""
+    for k, v in batch.items():
+        if torch.is_tensor(v) and v.dtype == torch.uint8:
+            batch[k] = v.float().div_(255.0)
+    return batch
 
 
 class EpochLoader(DataLoader):
