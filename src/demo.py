@@ -23,8 +23,18 @@ def step_sample(sample: Path, out: Path) -> dict:
             "frames": meta["num_frames"]}
 
 
+def step_preprocess(sample: Path, out: Path) -> dict:
+    from src.preprocess import run
+
+    shards = Path("data/sample_shards")  # the default data.root of every stage (lightning_configs/data/sample.yaml)
+    manifest = run(["--input", str(sample), "--output", str(shards), "--workers", "2"])
+    return {"shards": str(shards), "clips": {k: v["clips"] for k, v in manifest["splits"].items()},
+            "clips_with_512": {k: v["clips_with_sr"] for k, v in manifest["splits"].items()},
+            "rejected": manifest["num_rejects"], "identity_backend": manifest["embedding"]["backend"]}
+
+
 # The pipeline, in order. Steps are added here as the stages land.
-STEPS = [("sample", step_sample)]
+STEPS = [("sample", step_sample), ("preprocess", step_preprocess)]
 
 
 @cli_entry

@@ -50,6 +50,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     mode = resolve_wandb_mode(cfg.logger.wandb.mode)
     if mode == "disabled":
         return loggers
+    finish_wandb()  # Lightning would otherwise log into a run left open by an earlier stage in this process
     wb = cfg.logger.wandb
     # A stable id per run folder: a resumed run continues the same wandb run instead of starting a new one.
     run_id = f"{cfg.stage}-{cfg.run_name}".replace("/", "-")
@@ -69,3 +70,12 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
         )
     )
     return loggers
+
+
+def finish_wandb() -> None:
+    """Close the process's wandb run, if one is open (each stage gets its own run)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")  # never import wandb just to find out nothing is running
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()

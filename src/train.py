@@ -100,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         print(f"run folder: {run_dir}")
-    runner(cfg, run_dir)
+    from src.loggers import finish_wandb
+
+    try:
+        runner(cfg, run_dir)
+    finally:
+        finish_wandb()
     return 0
 
 

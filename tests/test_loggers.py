@@ -58,3 +58,15 @@ def test_offline_run_writes_wandb_and_csv(no_wandb_key, tmp_path):
     losses = [float(r.split(",")[col]) for r in rows if r.split(",")[col]]
     assert len(losses) == 16  # 2 epochs x 8 batches, every step logged
     assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8])  # the tiny model learns
+
+
+def test_each_run_gets_its_own_wandb_run(no_wandb_key, tmp_path):
+    """Two stages in one process (as the stage orchestrator runs them) write two wandb runs."""
+    from tests.helpers import run_tiny
+
+    for name in ("first", "second"):
+        cfg = compose("warp", ["model=tiny", "logger=offline", "trainer.max_epochs=1", f"run_name={name}"])
+        configure_wandb_env(cfg)
+        run_tiny(cfg, tmp_path / name)
+        runs = list((tmp_path / name / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and runs[0].name.endswith(f"warp-{name}")
