@@ -218,12 +218,13 @@ def process_clip(job: ClipJob, opts: Options, embedder) -> dict:
     crops = [crop_frame(f, box, opts.resolution) for f in frames]
     has_sr = box[2] >= opts.sr_min_scale * opts.sr_resolution
     landmarks, kept = [], []
-    with FaceMesh(static=False, max_faces=2) as mesh:
+    # One face in tracking mode (MediaPipe re-detects every frame while it tracks fewer than max_faces).
+    # The crop is centred on the tracked face, so a mesh far from the centre is another person: dropped.
+    with FaceMesh(static=False, max_faces=1) as mesh:
         for i, crop in enumerate(crops):
             faces = mesh(crop)
-            if faces:  # several faces in the crop: the one nearest its centre is the tracked one
-                lm = min(faces, key=lambda l: float(np.sum((l[:468, :2].mean(0) - 0.5) ** 2)))
-                landmarks.append(lm)
+            if faces and np.abs(faces[0][:468, :2].mean(0) - 0.5).max() < 0.25:
+                landmarks.append(faces[0])
                 kept.append(i)
     if len(kept) < opts.min_frames:
         raise Reject(f"face lost: landmarks on {len(kept)} of {len(frames)} frames (need {opts.min_frames})")
