@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from src.errors import UserError, cli_entry
+from src.faces.tracking import crop_box, crop_frame, detect_sampled, main_track
 
 PREPROCESS_VERSION = 1
 VIDEO_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
@@ -91,78 +92,6 @@ def discover(root: Path, splits: list[str]) -> list[ClipJob]:
         raise UserError(f"no video files found under {root} (expected {root}/<split>/mp4/<id>/<video>/<clip>.mp4 "
                         f"or a folder of {', '.join(sorted(VIDEO_EXTS))} files)")
     return jobs
-
-
-# ------------------------------------------------------------------------------------------ face tracking
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a.right, b.right) - max(a.left, b.left))
-    iy = max(0.0, min(a.bottom, b.bottom) - max(a.top, b.top))
-    inter = ix * iy
-    return inter / (a.area + b.area - inter + 1e-9)
-
-
-def detect_sampled(frames: list[np.ndarray], every: int) -> dict[int, list]:
-    """Face boxes on every `every`-th frame (and the last). Frames are shrunk to <= 640 px for speed; when
-    that finds nothing anywhere, the full frames are searched again upsampled, for small faces."""
-    from src.faces.detect import Box, detect_faces
-
-    idx = sorted(set(range(0, len(frames), every)) | {len(frames) - 1})
-    h, w = frames[0].shape[:2]
-    scale = min(1.0, 640.0 / max(h, w))
-    found = {}
-    for i in idx:
-        small = cv2.resize(frames[i], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else frames[i]
-        found[i] = [Box(b.left / scale, b.top / scale, b.right / scale, b.bottom / scale, b.score)
-                    for b in detect_faces(small, upsample=0)]
-    if not any(found.values()):
-        found = {i: detect_faces(frames[i], upsample=1) for i in idx}
-    return found
-
-
-def main_track(detections: dict[int, list]) -> tuple[list, int]:
-    """Greedy IoU tracking over the sampled frames; returns (boxes of the main track, number of faces seen
-    at once at most). The main track is the one with the largest total area: big and consistently there."""
-    tracks: list[list] = []
-    for i in sorted(detections):
-        extended: set[int] = set()  # a track takes at most one box per frame
-        for box in detections[i]:
-            free = [k for k in range(len(tracks)) if k not in extended]
-            best = max(free, key=lambda k: _iou(tracks[k][-1], box), default=None)
-            if best is not None and _iou(tracks[best][-1], box) > 0.3:
-                tracks[best].append(box)
-                extended.add(best)
-            else:
-                tracks.append([box])
-                extended.add(len(tracks) - 1)
-    most = max((len(v) for v in detections.values()), default=0)
-    if not tracks:
-        return [], most
-    return max(tracks, key=lambda t: sum(b.area for b in t)), most
-
-
-def crop_box(track: list, crop_scale: float) -> tuple[float, float, float]:
-    """One square (cx, cy, side) for the whole clip: the union of the per-sample head boxes."""
-    sizes = np.array([max(b.width, b.height) for b in track])
-    cx = np.array([b.center[0] for b in track])
-    cy = np.array([b.center[1] for b in track]) - 0.15 * sizes  # the head extends above the face box
-    half = sizes * crop_scale / 2
-    x0, x1 = (cx - half).min(), (cx + half).max()
-    y0, y1 = (cy - half).min(), (cy + half).max()
-    return (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
-
-
-def crop_frame(frame: np.ndarray, box: tuple[float, float, float], size: int) -> np.ndarray:
-    cx, cy, side = box
-    s = int(round(side))
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    h, w = frame.shape[:2]
-    pad = max(0, -x0, -y0, x0 + s - w, y0 + s - h)
-    if pad:
-        frame = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0 = x0 + pad, y0 + pad
-    crop = frame[y0 : y0 + s, x0 : x0 + s]
-    interp = cv2.INTER_AREA if s > size else cv2.INTER_CUBIC
-    return cv2.resize(crop, (size, size), interpolation=interp)
 
 
 def _encode(frames: list[np.ndarray], quality: int) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +285,7 @@ def _litdata_item(path: str) -> dict:
     }
 
 
-def pack(out: Path, work: Path, jobs: list[ClipJob], opts: Options, workers: int, backend: dict, quiet: bool) -> dict:
+def pack(out: Path, work: Path, jobs: list[ClipJob], opts: Options, backend: dict) -> dict:
     """Write litdata chunks per split, then rejects.jsonl and manifest.json (last: it marks completion)."""
     from litdata import optimize
 
@@ -374,20 +303,20 @@ def pack(out: Path, work: Path, jobs: list[ClipJob], opts: Options, workers: int
         target = out / split
         if target.exists():
             shutil.rmtree(target)
+        # One writer keeps the items in input order, so a clip's index is its position in `paths`
+        # (what episodes use for random access); packing only copies bytes, so it is I/O bound anyway.
         optimize(fn=_litdata_item, inputs=paths, output_dir=str(target), chunk_bytes="64MB",
-                 num_workers=max(1, min(workers, len(paths))), mode=None, verbose=False)
-        # the reading order of litdata's chunks: the manifest lists clips in the order their items appear
+                 num_workers=1, mode=None, verbose=False)
         from litdata import StreamingDataset
 
         ds = StreamingDataset(str(target))
-        order = {}
-        for i in range(len(ds)):
-            order[ds[i]["key"]] = i
-        for j, p in clips:
-            if j.split == split:
-                meta = load_clip(p)["meta"]
-                meta["index"] = order[meta["key"]]
-                manifest_clips.append(meta)
+        split_clips = [(j, p) for j, p in clips if j.split == split]
+        if len(ds) != len(paths) or ds[len(ds) - 1]["key"] != split_clips[-1][0].key:
+            raise RuntimeError(f"litdata did not keep the input order in {target}")
+        for index, (j, p) in enumerate(split_clips):
+            meta = load_clip(p)["meta"]
+            meta["index"] = index
+            manifest_clips.append(meta)
     manifest_clips.sort(key=lambda m: (m["split"], m["index"]))
     summary = {}
     for split in splits:
@@ -489,7 +418,7 @@ def run(argv=None) -> dict | None:
         print(f"node {a.node_rank}: done with its clips; {len(pending)} clips of other nodes are pending. "
               f"Re-run any node once all have finished to pack the shards.")
         return None
-    manifest = pack(out, work, jobs, opts, a.workers, backend, a.quiet)
+    manifest = pack(out, work, jobs, opts, backend)
     if not a.quiet:
         total = sum(s["clips"] for s in manifest["splits"].values())
         per_split = ", ".join(f"{k}: {v['clips']}" for k, v in manifest["splits"].items())

@@ -10,7 +10,8 @@ import pytest
 
 from data_modules.shards import decode_frames, load_manifest
 from src.faces.landmarks import FaceMesh
-from src.preprocess import crop_frame, load_clip, run
+from src.faces.tracking import crop_frame
+from src.preprocess import load_clip, run
 from src.video_io import read_frames
 from tests.conftest import PREPROCESS_ARGS, REPO
 
