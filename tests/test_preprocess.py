@@ -130,3 +130,36 @@ def test_crop_frame_pads_outside_the_picture():
     img = np.full((100, 100, 3), 200, np.uint8)
     out = crop_frame(img, (10.0, 10.0, 80.0), 64)
     assert out.shape == (64, 64, 3) and out.min() == 200  # replicated border, no black bars
+
+
+def test_lost_frames_two_faces_and_nodes(tmp_path, fixtures_dir):
+    """Videos made from real clips: a face that vanishes for 8 frames (those frames dropped, the clip
+    kept), two people side by side (the larger is followed), processed as two nodes of a cluster."""
+    import cv2
+
+    from src.video_io import write_video
+
+    clips = sorted((fixtures_dir / "voxceleb2_mini" / "dev" / "mp4").glob("*/*/*.mp4"))
+    a, b = read_frames(clips[0])[:24], read_frames(clips[5])[:24]
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    gap = np.full_like(a[:8], 127)
+    write_video(folder / "gap.mp4", np.concatenate([a[:12], gap, a[12:]]), fps=25)
+    h = a.shape[1]
+    small = np.stack([cv2.resize(f, (f.shape[1] // 2, f.shape[0] // 2)) for f in b])
+    canvas = np.zeros((24, h, a.shape[2] + small.shape[2], 3), np.uint8)
+    canvas[:, :, : a.shape[2]] = a
+    canvas[:, : small.shape[1], a.shape[2] :] = small
+    write_video(folder / "two.mp4", canvas, fps=25)
+
+    args = ["--input", str(folder), "--output", str(tmp_path / "out"), "--workers", "1", "--quiet", "--num-nodes", "2"]
+    assert run([*args, "--node-rank", "1"]) is None  # the other node's clip is pending: nothing packed yet
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    manifest = run([*args, "--node-rank", "0"])  # the last node to finish packs everything
+    clips_by_id = {c["identity"]: c for c in manifest["clips"]}
+    assert set(clips_by_id) == {"gap", "two"}
+    gap_clip = clips_by_id["gap"]
+    assert gap_clip["decoded_frames"] == 32 and gap_clip["dropped_frames"] == 8 and gap_clip["frames"] == 24
+    two = clips_by_id["two"]
+    assert two["faces_seen"] == 2
+    assert two["crop_box"][0] < a.shape[2]  # the crop is centred on the larger face (left half)
