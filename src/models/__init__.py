@@ -1,0 +1,1 @@
+"""Networks as plain torch modules: no Lightning here (src/modules/ trains them)."""

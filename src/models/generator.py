@@ -1,0 +1,49 @@
+"""The whole one-shot generator (warping generator + ID-preserving refiner) and its construction from
+the `model:` config section."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from src.models.discriminator import PatchDiscriminator
+from src.models.refiner import IdentityRefiner, RefinerConfig
+from src.models.warping import WarpConfig, WarpingGenerator
+
+
+class TalkingHeadGenerator(nn.Module):
+    """source image + source/driving landmark guidance + identity embedding -> the driving frame."""
+
+    def __init__(self, warp_cfg: WarpConfig, refiner_cfg: RefinerConfig):
+        super().__init__()
+        self.warper = WarpingGenerator(warp_cfg)
+        self.refiner = IdentityRefiner(refiner_cfg)
+
+    def forward(self, source: torch.Tensor, source_lmk: torch.Tensor, driving_lmk: torch.Tensor,
+                identity: torch.Tensor, gaze: torch.Tensor, mouth_mask: torch.Tensor, refine: bool = True) -> dict:
+        out = self.warper(source, source_lmk, driving_lmk)
+        if refine:
+            out["output"] = self.refiner(source, identity, out["flow"], out["occlusion"], gaze, source_lmk,
+                                         driving_lmk, mouth_mask)
+        return out
+
+
+def warp_config(model_cfg) -> WarpConfig:
+    w = model_cfg.warp
+    return WarpConfig(resolution=model_cfg.resolution, code_dim=w.code_dim, ladder_channels=tuple(w.ladder_channels),
+                      block_expansion=w.block_expansion, max_features=w.max_features, num_blocks=w.num_blocks,
+                      flow_scale=w.flow_scale)
+
+
+def refiner_config(model_cfg, id_dim: int) -> RefinerConfig:
+    r = model_cfg.refiner
+    return RefinerConfig(resolution=model_cfg.resolution, id_dim=id_dim, pyramid_channels=tuple(r.pyramid_channels),
+                         decoder_max=r.decoder_max, decoder_min=r.decoder_min, spade_hidden=r.spade_hidden)
+
+
+def build_generator(model_cfg, id_dim: int) -> TalkingHeadGenerator:
+    return TalkingHeadGenerator(warp_config(model_cfg), refiner_config(model_cfg, id_dim))
+
+
+def build_discriminator(model_cfg) -> PatchDiscriminator:
+    d = model_cfg.discriminator
+    return PatchDiscriminator(channels=d.channels, num_layers=d.num_layers)

@@ -1,0 +1,144 @@
+"""The warping generator: dense landmarks of source and driving -> a flow field and an occlusion map.
+
+    9 channels (source RGB, source landmark image, driving landmark image)
+      -> ladder encoder (six stride-2 convs, spectral + instance norm) -> L2-normalised code
+      -> dense-motion hourglass at 1/4 resolution, every normalisation AdaIN(code)
+      -> flow (pixels at 1/4 resolution, normalised, added to an identity grid) + occlusion (sigmoid)
+      -> the source warped with grid_sample.
+The flow head starts at zero, so an untrained generator warps by the identity.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import spectral_norm
+
+from src.models.blocks import AdaIN
+
+
+@dataclass
+class WarpConfig:
+    resolution: int = 256
+    code_dim: int = 512
+    ladder_channels: tuple[int, ...] = (64, 128, 256, 512, 512, 512)
+    block_expansion: int = 64
+    max_features: int = 1024
+    num_blocks: int = 5
+    flow_scale: float = 0.25
+
+
+class LadderEncoder(nn.Module):
+    def __init__(self, in_channels: int, channels: tuple[int, ...], code_dim: int):
+        super().__init__()
+        layers, c = [], in_channels
+        for out in channels:
+            layers += [spectral_norm(nn.Conv2d(c, out, 4, stride=2, padding=1)), nn.InstanceNorm2d(out, affine=True),
+                       nn.LeakyReLU(0.2, inplace=True)]
+            c = out
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(c, code_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x).mean(dim=(2, 3))
+        return F.normalize(self.head(h), dim=1)
+
+
+class _AdaINConv(nn.Module):
+    """(3x3 conv -> AdaIN(code) -> LeakyReLU) x `convs`: one hourglass block."""
+
+    def __init__(self, cin: int, cout: int, code_dim: int, convs: int = 2):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1) for i in range(convs))
+        self.norms = nn.ModuleList(AdaIN(cout, code_dim) for _ in range(convs))
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        for conv, norm in zip(self.convs, self.norms):
+            x = F.leaky_relu(norm(conv(x), code), 0.2)
+        return x
+
+
+class DenseMotionHourglass(nn.Module):
+    """U-Net hourglass: `num_blocks` down blocks doubling the features (capped at max_features), the
+    mirrored up blocks with skip connections; every normalisation is AdaIN on the code."""
+
+    def __init__(self, in_channels: int, block_expansion: int, max_features: int, num_blocks: int, code_dim: int):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, block_expansion, 3, padding=1)
+        ch = [block_expansion] + [min(max_features, block_expansion * 2 ** (i + 1)) for i in range(num_blocks)]
+        self.down = nn.ModuleList(_AdaINConv(ch[i], ch[i + 1], code_dim) for i in range(num_blocks))
+        # up blocks: one conv each (the skip already carries the detail), which also lands the full
+        # preset near the original's 75 M dense-motion parameters
+        self.up = nn.ModuleList(_AdaINConv(ch[i + 1] + ch[i], ch[i], code_dim, convs=1)
+                                for i in reversed(range(num_blocks)))
+        self.out_channels = block_expansion
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        skips = [h]
+        for block in self.down:
+            h = F.avg_pool2d(block(h, code), 2)
+            skips.append(h)
+        skips.pop()
+        for block in self.up:
+            skip = skips.pop()
+            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            h = block(torch.cat([h, skip], 1), code)
+        return h
+
+
+def identity_grid(b: int, h: int, w: int, device, dtype) -> torch.Tensor:
+    theta = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=device, dtype=dtype).expand(b, 2, 3)
+    return F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+
+
+def grid_from_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The sampling grid (B, H, W, 2) at `size` for a flow (B, 2, h, w) in normalised units. The flow is
+    resized and added to an identity grid made at `size` (resizing an absolute grid would shift the
+    borders), so a zero flow is an exact identity warp at every resolution."""
+    if flow.shape[-2:] != tuple(size):
+        flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+    b = flow.shape[0]
+    return identity_grid(b, size[0], size[1], flow.device, flow.dtype) + flow.permute(0, 2, 3, 1)
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward-warp image with a flow in normalised units (any resolution)."""
+    grid = grid_from_flow(flow, tuple(image.shape[-2:]))
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class WarpingGenerator(nn.Module):
+    def __init__(self, cfg: WarpConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.flow_res = int(round(cfg.resolution * cfg.flow_scale))
+        if self.flow_res / 2 ** cfg.num_blocks < 1:
+            raise ValueError(f"model.warp.num_blocks={cfg.num_blocks} halves the {self.flow_res}px flow map below "
+                             f"1 px; use at most {int(math.log2(self.flow_res))}")
+        if cfg.resolution / 2 ** len(cfg.ladder_channels) < 2:
+            raise ValueError(f"{len(cfg.ladder_channels)} ladder convs shrink {cfg.resolution}px below 2 px; "
+                             f"use at most {int(math.log2(cfg.resolution)) - 1} entries in model.warp.ladder_channels")
+        self.encoder = LadderEncoder(9, tuple(cfg.ladder_channels), cfg.code_dim)
+        self.hourglass = DenseMotionHourglass(9, cfg.block_expansion, cfg.max_features, cfg.num_blocks, cfg.code_dim)
+        self.flow_head = nn.Conv2d(self.hourglass.out_channels, 2, 7, padding=3)
+        self.occlusion_head = nn.Conv2d(self.hourglass.out_channels, 1, 7, padding=3)
+        nn.init.zeros_(self.flow_head.weight)
+        nn.init.zeros_(self.flow_head.bias)  # identity warp at initialisation
+        nn.init.constant_(self.occlusion_head.bias, 2.0)  # mostly visible at initialisation
+
+    def forward(self, source: torch.Tensor, source_lmk: torch.Tensor, driving_lmk: torch.Tensor) -> dict:
+        """Images (B, 3, R, R) in [0, 1]. Returns the warped source, the flow (B, 2, r, r) in normalised units
+        at flow resolution r = R * flow_scale, the occlusion map (B, 1, R, R) and the motion code."""
+        x = torch.cat([source, source_lmk, driving_lmk], 1) * 2 - 1
+        code = self.encoder(x)
+        small = F.interpolate(x, size=(self.flow_res, self.flow_res), mode="bilinear", align_corners=False,
+                              antialias=True)
+        h = self.hourglass(small, code)
+        flow = self.flow_head(h) * (2.0 / self.flow_res)  # pixels at flow resolution -> [-1, 1] units
+        occlusion = torch.sigmoid(F.interpolate(self.occlusion_head(h), size=source.shape[-2:], mode="bilinear",
+                                                align_corners=False))
+        return {"warped": warp(source, flow), "flow": flow, "occlusion": occlusion, "code": code}
