@@ -155,7 +155,10 @@ def compose(stage: str, args: Iterable[str] = ()) -> DictConfig:
 
     cfg = _load_yaml(CONFIG_DIR / "default.yaml")
     stage_cfg = _load_yaml(CONFIG_DIR / "stages" / f"{stage}.yaml")
-    # A stage may add keys under its own section only.
+    # A stage may add keys under its own section only; an orchestrating stage also gets the sections of
+    # the stages it runs (`substages:`).
+    for sub in list(stage_cfg.pop("substages", None) or []):
+        cfg[sub] = _load_yaml(CONFIG_DIR / "stages" / f"{sub}.yaml").get(sub, {})
     own = stage_cfg.pop(stage, None)
     cfg[stage] = own if own is not None else {}
     OmegaConf.set_struct(cfg, True)

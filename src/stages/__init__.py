@@ -11,7 +11,9 @@ from typing import Callable
 from src.errors import UserError
 
 STAGE_RUNNERS: dict[str, str] = {
-    # filled in as the stages land: "warp": "src.stages.stage1:run_warp", ...
+    "warp": "src.stages.stage1:run_warp",
+    "refine": "src.stages.stage1:run_refine",
+    "stage1": "src.stages.stage1:run_stage1",
 }
 
 

@@ -1,0 +1,1 @@
+"""LightningModules: the training logic around the plain networks of src/models/."""

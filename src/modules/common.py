@@ -1,0 +1,59 @@
+"""Pieces shared by the stage-1 LightningModules."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from src.errors import UserError
+
+
+class NonFiniteGuard:
+    """Skips steps whose loss is NaN/inf, on every rank at once (a rank that skipped alone would leave the
+    others waiting in the gradient all-reduce), and stops the run after too many in a row."""
+
+    def __init__(self, module: L.LightningModule, max_consecutive: int = 20):
+        self.module, self.max_consecutive = module, max_consecutive
+        self.skipped = self.consecutive = 0
+
+    def ok(self, loss: torch.Tensor) -> bool:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        trainer = self.module._trainer
+        if trainer is not None:
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            self.consecutive = 0
+            return True
+        self.skipped += 1
+        self.consecutive += 1
+        self.module.log("train/nonfinite_skipped", float(self.skipped), rank_zero_only=True)
+        if self.consecutive >= self.max_consecutive:
+            raise UserError(f"{self.consecutive} non-finite losses in a row at step {self.module.global_step}: "
+                            f"training stopped; the last good checkpoint is kept (lower optim.lr or use fp32)")
+        return False
+
+
+class ReconstructionMetrics(torch.nn.Module):
+    """PSNR and SSIM of the output, and of the copy-the-source baseline, against the driving frame."""
+
+    def __init__(self):
+        super().__init__()
+        self.psnr, self.ssim = PeakSignalNoiseRatio(data_range=1.0), StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.psnr_copy, self.ssim_copy = PeakSignalNoiseRatio(data_range=1.0), StructuralSimilarityIndexMeasure(data_range=1.0)
+
+    def update(self, output: torch.Tensor, source: torch.Tensor, driving: torch.Tensor) -> None:
+        output = output.float().clamp(0, 1)
+        self.psnr.update(output, driving)
+        self.ssim.update(output, driving)
+        self.psnr_copy.update(source, driving)
+        self.ssim_copy.update(source, driving)
+
+    def log_to(self, module: L.LightningModule, prefix: str = "val") -> None:
+        for name in ("psnr", "ssim", "psnr_copy", "ssim_copy"):
+            module.log(f"{prefix}/{name.replace('_copy', '_copy_source')}", getattr(self, name))
+
+
+def generator_inputs(batch: dict) -> dict:
+    """The generator's keyword arguments from a rendered `pairs` batch."""
+    return dict(source=batch["source"], source_lmk=batch["source_lmk_img"], driving_lmk=batch["driving_lmk_img"],
+                identity=batch["embedding"], gaze=batch["driving_gaze"], mouth_mask=batch["driving_mouth_mask"])
