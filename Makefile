@@ -19,7 +19,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install test demo sample preprocess train bench clean distclean
+.PHONY: help install test demo sample preprocess stage1 train bench clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,6 +50,9 @@ sample: install ## build the embedded sample dataset into $(SAMPLE) (once)
 demo: install ## install, build the sample data and run the pipeline on it (outputs/demo/)
 	$(PY) -m src.demo --sample $(SAMPLE) --output outputs/demo
 
+stage1: install ## stage 1 (warp, then refine) in one resumable run: make stage1 ARGS="model=demo data.root=..."
+	$(PY) -m src.train stage1 $(ARGS)
+
 train: install ## train one stage: make train STAGE=warp ARGS="key=value ..."
 	$(PY) -m src.train $(STAGE) $(ARGS)
 
@@ -59,6 +62,7 @@ preprocess: install ## preprocess videos: make preprocess INPUT=/path/to/voxcele
 bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md
 	$(PY) -m benchmarks.bench_preprocess
 	$(PY) -m benchmarks.bench_datamodules
+	$(PY) -m benchmarks.bench_stage1
 	$(PY) -m benchmarks.report
 
 clean: ## remove outputs and caches (keeps .venv and data)

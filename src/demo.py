@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from src.errors import cli_entry
+from src.errors import UserError, cli_entry
 
 
 def step_sample(sample: Path, out: Path) -> dict:
@@ -33,8 +33,20 @@ def step_preprocess(sample: Path, out: Path) -> dict:
             "rejected": manifest["num_rejects"], "identity_backend": manifest["embedding"]["backend"]}
 
 
+def step_stage1(sample: Path, out: Path) -> dict:
+    """Stage 1 (warp, then refine) at the demo preset: a few epochs, enough to run every part."""
+    from src import train
+
+    args = ["stage1", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
+            "stage1.warp_epochs=2", "stage1.refine_epochs=2", "trainer.log_every_n_steps=5"]
+    if train.main(args) != 0:
+        raise UserError("stage 1 failed (see above); re-run `make demo` to resume it")
+    record = json.loads((out / "stage1" / "demo" / "stages.json").read_text())["stages"]
+    return {"run": str(out / "stage1" / "demo"), "checkpoints": {k: v["checkpoint"] for k, v in record.items()}}
+
+
 # The pipeline, in order. Steps are added here as the stages land.
-STEPS = [("sample", step_sample), ("preprocess", step_preprocess)]
+STEPS = [("sample", step_sample), ("preprocess", step_preprocess), ("stage1", step_stage1)]
 
 
 @cli_entry

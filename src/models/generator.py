@@ -23,7 +23,7 @@ class TalkingHeadGenerator(nn.Module):
         out = self.warper(source, source_lmk, driving_lmk)
         if refine:
             out["output"] = self.refiner(source, identity, out["flow"], out["occlusion"], gaze, source_lmk,
-                                         driving_lmk, mouth_mask)
+                                         driving_lmk, mouth_mask, warped=out["warped"])
         return out
 
 
@@ -37,7 +37,8 @@ def warp_config(model_cfg) -> WarpConfig:
 def refiner_config(model_cfg, id_dim: int) -> RefinerConfig:
     r = model_cfg.refiner
     return RefinerConfig(resolution=model_cfg.resolution, id_dim=id_dim, pyramid_channels=tuple(r.pyramid_channels),
-                         decoder_max=r.decoder_max, decoder_min=r.decoder_min, spade_hidden=r.spade_hidden)
+                         decoder_max=r.decoder_max, decoder_min=r.decoder_min, spade_hidden=r.spade_hidden,
+                         blend_warped=r.blend_warped)
 
 
 def build_generator(model_cfg, id_dim: int) -> TalkingHeadGenerator:

@@ -30,6 +30,7 @@ class RefinerConfig:
     decoder_max: int = 512
     decoder_min: int = 64
     spade_hidden: int = 128
+    blend_warped: bool = False  # output = occ * warped + (1 - occ) * synthesised (not in the paper; see README)
 
 
 class FeaturePyramid(nn.Module):
@@ -76,7 +77,7 @@ class IdentityRefiner(nn.Module):
 
     def forward(self, source: torch.Tensor, identity: torch.Tensor, flow: torch.Tensor, occlusion: torch.Tensor,
                 gaze: torch.Tensor, source_lmk: torch.Tensor, driving_lmk: torch.Tensor,
-                mouth_mask: torch.Tensor) -> torch.Tensor:
+                mouth_mask: torch.Tensor, warped: torch.Tensor | None = None) -> torch.Tensor:
         guide = torch.cat([occlusion, gaze, source_lmk, driving_lmk, driving_lmk * mouth_mask], 1)
         conds = []
         for feat in self.pyramid(source):
@@ -88,4 +89,8 @@ class IdentityRefiner(nn.Module):
             if x.shape[-1] != res:
                 x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False)
             x = block(x, conds[self.level_for(res)], identity)
-        return (torch.tanh(self.to_rgb(x)) + 1) / 2
+        synth = (torch.tanh(self.to_rgb(x)) + 1) / 2
+        if self.cfg.blend_warped and warped is not None:
+            # where the occlusion map says the warped source is visible, keep it; synthesise the rest
+            return occlusion * warped + (1 - occlusion) * synth
+        return synth
