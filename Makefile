@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 .PHONY: help install test demo sample preprocess stage1 train bench clean distclean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): $(INSTALL_INPUTS)
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
