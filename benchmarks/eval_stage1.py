@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, default=2)
     a = p.parse_args(argv)
     stages = json.loads((a.run / "stages.json").read_text())["stages"]
-    ckpt = Path(stages["refine"]["checkpoint"])
+    ckpt = Path(stages["refine"].get("checkpoint") or a.run / "refine" / "checkpoints" / "last.ckpt")
     gen, cfg = load_generator(ckpt)
     t0 = time.time()
     result = evaluate(gen, cfg, a.shards, a.split, a.every)

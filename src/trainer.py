@@ -1,6 +1,7 @@
 """Build a Lightning Trainer from the `trainer:` section of a composed config."""
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,13 @@ from src.loggers import build_loggers
 
 
 def checkpoint_callback(cfg: DictConfig, run_dir: Path) -> ModelCheckpoint:
+    """Checkpoints by steps when `checkpoint.every_n_train_steps` is set, otherwise every
+    `checkpoint.every_minutes` of training (Lightning allows one of the two), and at the end."""
     ck = cfg.checkpoint
-    return ModelCheckpoint(
-        dirpath=str(Path(run_dir) / "checkpoints"),
-        every_n_train_steps=ck.every_n_train_steps,
-        save_last=ck.save_last,
-        save_top_k=ck.keep_top_k,
-    )
+    when = ({"every_n_train_steps": ck.every_n_train_steps} if ck.every_n_train_steps
+            else {"train_time_interval": timedelta(minutes=ck.every_minutes)})
+    return ModelCheckpoint(dirpath=str(Path(run_dir) / "checkpoints"), save_last=ck.save_last,
+                           save_top_k=ck.keep_top_k, **when)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback] | None = None, **overrides: Any) -> L.Trainer:

@@ -132,3 +132,46 @@ def test_ddp_fast_dev_run_keeps_ranks_identical(shards, tmp_path, stage):
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert ranks[0]["world_size"] == 2 and ranks[0]["step"] > 0
     assert ranks[0]["hash"] == ranks[1]["hash"]  # gradients were averaged: both ranks hold the same weights
+
+
+def test_identity_loss_is_refused_not_ignored(shards):
+    with pytest.raises(UserError, match="identity_weight"):
+        _module(RefinerModule, "refine", shards, "refine.identity_weight=20.0")
+
+
+def test_bf16_mixed_precision_steps(shards):
+    import lightning as L
+
+    module, dm = _module(RefinerModule, "refine", shards)
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", fast_dev_run=2, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    assert module.guard.skipped == 0 and trainer.global_step > 0
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint(shards, tmp_path):
+    """SIGKILL a training process once it has written a checkpoint; the same command continues from it."""
+    import os
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "src.train", "warp", "model=demo", "logger=disabled", f"data.root={shards}",
+           f"output_root={tmp_path}", "run_name=k", "trainer.max_steps=40", "trainer.max_epochs=-1",
+           "checkpoint.every_n_train_steps=4", "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
+           "trainer.log_every_n_steps=1"]
+    ckpt = tmp_path / "warp" / "k" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint file be complete
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    assert 0 < saved < 40, "the run was killed before it finished"
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Restoring states from the checkpoint" in r.stdout + r.stderr  # resumed, not restarted
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 40

@@ -21,6 +21,7 @@ from src.losses.gan import feature_matching_loss, lsgan_discriminator_loss, lsga
 from src.losses.perceptual import build_perceptual
 from src.losses.region import region_loss
 from src.models.generator import build_discriminator, build_generator
+from src.errors import UserError
 from src.modules.common import NonFiniteGuard, ReconstructionMetrics, generator_inputs
 
 
@@ -30,6 +31,9 @@ class RefinerModule(L.LightningModule):
         self.save_hyperparameters({"cfg": cfg, "id_dim": id_dim})
         self.cfg = OmegaConf.create(cfg)
         self.automatic_optimization = False
+        if self.cfg.refine.identity_weight > 0:
+            raise UserError("refine.identity_weight > 0 needs a differentiable face-recognition network, which this "
+                            "version does not load yet (ArcFace ships as ONNX, without gradients); set it to 0")
         self.generator = build_generator(self.cfg.model, id_dim)
         self.discriminator = build_discriminator(self.cfg.model)
         self.perceptual = build_perceptual(self.cfg.loss)
