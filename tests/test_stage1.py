@@ -13,6 +13,7 @@ from data_modules.voxceleb2 import VoxCeleb2DataModule
 from src import train
 from src.config import compose
 from src.errors import UserError
+from src.modules.common import generator_inputs
 from src.modules.refiner_module import RefinerModule
 from src.modules.warping_module import WarpingModule
 from src.stages.stage1 import load_weights
@@ -93,9 +94,7 @@ def test_refiner_step_updates_both_networks_and_lowers_the_loss(shards):
     # the training step's own recipe, outside a Trainer
     from src.losses.gan import lsgan_discriminator_loss
 
-    out = module.generator(**{k: batch[v] for k, v in [("source", "source"), ("source_lmk", "source_lmk_img"),
-                              ("driving_lmk", "driving_lmk_img"), ("identity", "embedding"), ("gaze", "driving_gaze"),
-                              ("mouth_mask", "driving_mouth_mask")]})
+    out = module.generator(**generator_inputs(batch))
     losses = module.generator_losses(batch, out, adversarial=True)
     real, _ = module.discriminator(batch["driving"], batch["driving_lmk_img"])
     fake, _ = module.discriminator(out["output"].detach(), batch["driving_lmk_img"])
