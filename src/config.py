@@ -82,8 +82,7 @@ def _merge_strict(cfg: DictConfig, other: DictConfig, where: str) -> None:
     for key in all_keys(other):
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise _unknown_key(key, cfg, where)
-    merged = OmegaConf.merge(cfg, other)
-    cfg.merge_with(merged)
+    cfg.merge_with(other)
 
 
 def _type_name(value: Any) -> str:

@@ -233,6 +233,12 @@ def run_job(args: tuple[ClipJob, str]) -> tuple[str, str, dict]:
     return job.key, "ok", json.loads(arrays["meta_json"].tobytes())
 
 
+def load_meta(path: str | Path) -> dict:
+    """Only the metadata of a phase-1 result (an .npz member is read on access, not the frames)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(z["meta_json"].tobytes())
+
+
 def load_clip(path: str | Path) -> dict:
     """A phase-1 result as a dict of arrays plus its `meta`."""
     with np.load(path, allow_pickle=False) as z:
@@ -314,7 +320,7 @@ def pack(out: Path, work: Path, jobs: list[ClipJob], opts: Options, backend: dic
         if len(ds) != len(paths) or ds[len(ds) - 1]["key"] != split_clips[-1][0].key:
             raise RuntimeError(f"litdata did not keep the input order in {target}")
         for index, (j, p) in enumerate(split_clips):
-            meta = load_clip(p)["meta"]
+            meta = load_meta(p)
             meta["index"] = index
             manifest_clips.append(meta)
     manifest_clips.sort(key=lambda m: (m["split"], m["index"]))
