@@ -74,3 +74,48 @@ def test_substitute_and_region_and_gan_losses():
     assert lsgan_generator_loss(zeros) == 1
     f = [torch.rand(2, 4, 8, 8)]
     assert feature_matching_loss(f, f) == 0
+
+
+def test_iresnet_loader_maps_every_key_and_names_mismatches(tmp_path):
+    from src.models.iresnet import build_iresnet, load_iresnet
+
+    net = build_iresnet("r18", width=8).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so that a dropped key would show in the output
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    torch.save(net.state_dict(), tmp_path / "backbone.pth")
+    loaded = load_iresnet(tmp_path / "backbone.pth", "r18")
+    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    assert torch.allclose(loaded(x), net(x), atol=1e-5)
+    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    with pytest.raises(UserError, match="missing: .*layer1.2.bn1"):  # an r18 file read as r34 names the keys it lacks
+        load_iresnet(tmp_path / "backbone.pth", "r34")
+    with pytest.raises(UserError, match="do not exist"):
+        load_iresnet(tmp_path / "nothing.pth")
+
+
+def test_identity_crop_matches_the_arcface_alignment_and_passes_gradients(fixtures_dir):
+    import cv2
+
+    from src.faces.align import aligned_face
+    from src.faces.landmarks import FaceMesh
+    from src.losses.identity import IdentityLoss, arcface_grids
+    from src.models.iresnet import build_iresnet
+
+    rgb = cv2.imread(str(fixtures_dir / "portraits" / "portrait_a.jpg"))[:, :, ::-1]
+    rgb = cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_AREA)  # training resolution: little aliasing at 112
+    with FaceMesh(static=True) as mesh:
+        lm = mesh(rgb)[0]  # normalised landmarks
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    lms = torch.from_numpy(lm)[None].float()
+    crop = torch.nn.functional.grid_sample(image, arcface_grids(lms, (256, 256)), align_corners=False)[0]
+    reference = torch.from_numpy(aligned_face(rgb, lm, 112)).permute(2, 0, 1).float() / 255
+    assert (crop - reference).abs()[:, 8:-8, 8:-8].mean() < 0.005  # the crop of align.py (cv2), to interpolation error
+    loss = IdentityLoss(build_iresnet("r18", width=8).eval())
+    assert loss(image, image, lms) < 1e-5
+    noisy = (image + 0.3 * torch.randn_like(image)).clamp(0, 1).requires_grad_(True)
+    value = loss(noisy, image, lms)
+    value.backward()
+    assert value > 0 and noisy.grad.abs().sum() > 0

@@ -133,9 +133,22 @@ def test_ddp_fast_dev_run_keeps_ranks_identical(shards, tmp_path, stage):
     assert ranks[0]["hash"] == ranks[1]["hash"]  # gradients were averaged: both ranks hold the same weights
 
 
-def test_identity_loss_is_refused_not_ignored(shards):
-    with pytest.raises(UserError, match="identity_weight"):
+def test_identity_loss_needs_weights_then_trains_with_them(shards, tmp_path):
+    with pytest.raises(UserError, match="loss.identity_weights"):
         _module(RefinerModule, "refine", shards, "refine.identity_weight=20.0")
+    from src.models.iresnet import build_iresnet
+
+    weights = tmp_path / "backbone.pth"
+    torch.save(build_iresnet("r18", width=8).state_dict(), weights)
+    module, dm = _module(RefinerModule, "refine", shards, "refine.identity_weight=20.0",
+                         f"loss.identity_weights={weights}", "loss.identity_arch=r18")
+    dm.setup("fit")
+    batch = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    losses, out = module.model_step(batch, adversarial=False)
+    assert losses["identity"] > 0
+    losses["identity"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.generator.refiner.parameters())
+    assert not any(k.startswith("identity") for k in module.state_dict())  # the recogniser is not checkpointed
 
 
 def test_bf16_mixed_precision_steps(shards):

@@ -2,7 +2,8 @@
 PatchGAN discriminator.
 
 Losses (weights in stages/refine.yaml, after the paper): perceptual on the output and on the warped
-source, eye- and mouth-region L2, LSGAN and discriminator feature matching.
+source, eye- and mouth-region L2, LSGAN and discriminator feature matching, and optionally a cosine identity
+loss through a frozen ArcFace IResNet (src/losses/identity.py).
 
 One backward per step updates both networks: the generator's adversarial terms see the discriminator
 through detached parameters, and the discriminator's loss sees the generated frame detached, so each
@@ -21,7 +22,7 @@ from src.losses.gan import feature_matching_loss, lsgan_discriminator_loss, lsga
 from src.losses.perceptual import build_perceptual
 from src.losses.region import region_loss
 from src.models.generator import build_discriminator, build_generator
-from src.errors import UserError
+from src.losses.identity import build_identity_loss
 from src.modules.common import NonFiniteGuard, ReconstructionMetrics, generator_inputs
 
 
@@ -31,12 +32,10 @@ class RefinerModule(L.LightningModule):
         self.save_hyperparameters({"cfg": cfg, "id_dim": id_dim})
         self.cfg = OmegaConf.create(cfg)
         self.automatic_optimization = False
-        if self.cfg.refine.identity_weight > 0:
-            raise UserError("refine.identity_weight > 0 needs a differentiable face-recognition network, which this "
-                            "version does not load yet (ArcFace ships as ONNX, without gradients); set it to 0")
         self.generator = build_generator(self.cfg.model, id_dim)
         self.discriminator = build_discriminator(self.cfg.model)
         self.perceptual = build_perceptual(self.cfg.loss)
+        self.identity = build_identity_loss(self.cfg.loss) if self.cfg.refine.identity_weight > 0 else None
         self.guard = NonFiniteGuard(self)
         self.val_metrics = ReconstructionMetrics()
 
@@ -48,6 +47,8 @@ class RefinerModule(L.LightningModule):
             "eye": w.eye_weight * region_loss(out["output"], drv, batch["driving_eye_mask"]),
             "mouth": w.mouth_weight * region_loss(out["output"], drv, batch["driving_mouth_mask"]),
         }
+        if self.identity is not None:
+            losses["identity"] = w.identity_weight * self.identity(out["output"], drv, batch["driving_landmarks"])
         if adversarial:
             frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
             fake_scores, fake_feats = functional_call(self.discriminator, frozen, (out["output"], batch["driving_lmk_img"]))
