@@ -57,3 +57,17 @@ def generator_inputs(batch: dict) -> dict:
     """The generator's keyword arguments from a rendered `pairs` batch."""
     return dict(source=batch["source"], source_lmk=batch["source_lmk_img"], driving_lmk=batch["driving_lmk_img"],
                 identity=batch["embedding"], gaze=batch["driving_gaze"], mouth_mask=batch["driving_mouth_mask"])
+
+
+def reconstruction_losses(weights, perceptual, out: dict, target: torch.Tensor, eye_mask: torch.Tensor,
+                          mouth_mask: torch.Tensor) -> dict:
+    """The generator's non-adversarial losses (weights from the `refine:` section): perceptual on the output
+    and on the warped source, eye- and mouth-region L2. Shared by refine, meta and personalize."""
+    from src.losses.region import region_loss
+
+    return {
+        "perceptual": weights.perceptual_weight * perceptual(out["output"], target),
+        "warp_perceptual": weights.warp_perceptual_weight * perceptual(out["warped"], target),
+        "eye": weights.eye_weight * region_loss(out["output"], target, eye_mask),
+        "mouth": weights.mouth_weight * region_loss(out["output"], target, mouth_mask),
+    }

@@ -20,10 +20,9 @@ from torch.func import functional_call
 
 from src.losses.gan import feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss
 from src.losses.perceptual import build_perceptual
-from src.losses.region import region_loss
 from src.models.generator import build_discriminator, build_generator
 from src.losses.identity import build_identity_loss
-from src.modules.common import NonFiniteGuard, ReconstructionMetrics, generator_inputs
+from src.modules.common import NonFiniteGuard, ReconstructionMetrics, generator_inputs, reconstruction_losses
 
 
 class RefinerModule(L.LightningModule):
@@ -41,12 +40,7 @@ class RefinerModule(L.LightningModule):
 
     def generator_losses(self, batch: dict, out: dict, adversarial: bool) -> dict:
         w, drv = self.cfg.refine, batch["driving"]
-        losses = {
-            "perceptual": w.perceptual_weight * self.perceptual(out["output"], drv),
-            "warp_perceptual": w.warp_perceptual_weight * self.perceptual(out["warped"], drv),
-            "eye": w.eye_weight * region_loss(out["output"], drv, batch["driving_eye_mask"]),
-            "mouth": w.mouth_weight * region_loss(out["output"], drv, batch["driving_mouth_mask"]),
-        }
+        losses = reconstruction_losses(w, self.perceptual, out, drv, batch["driving_eye_mask"], batch["driving_mouth_mask"])
         if self.identity is not None:
             losses["identity"] = w.identity_weight * self.identity(out["output"], drv, batch["driving_landmarks"])
         if adversarial:

@@ -14,6 +14,7 @@ STAGE_RUNNERS: dict[str, str] = {
     "warp": "src.stages.stage1:run_warp",
     "refine": "src.stages.stage1:run_refine",
     "stage1": "src.stages.stage1:run_stage1",
+    "meta": "src.stages.meta:run_meta",
 }
 
 

@@ -1,0 +1,204 @@
+"""MetaLearnerModule: meta-learning an initialisation of the generator that adapts to a new person fast.
+
+One training step = one outer update from a batch of tasks (identities; `episodes` data: a source frame,
+K support and Q query frames of one person). Per task, the inner loop adapts *fast weights* (a detached
+copy of the generator's parameters, evaluated through `torch.func.functional_call`) on the support frames
+with a fresh inner optimiser, each inner step on different support frames. The outer gradient is then
+  reptile  theta - theta_adapted                         (first order, the original's algorithm)
+  fomaml   d query_loss / d theta_adapted               (first-order MAML: the query set is used)
+  maml     d query_loss(theta_adapted(theta)) / d theta  (second order; inner SGD kept in the graph)
+averaged over tasks. It reaches the parameters through ONE `manual_backward` per step (a surrogate
+sum(theta * g) for the first-order algorithms), so DDP all-reduces it exactly once and every rank applies
+the same outer update; the inner loops never touch the DDP-wrapped parameters.
+
+Validation adapts to each held-out identity for `meta.val_adapt_steps` and logs the query loss before
+and after: `val/adapt_gain` > 0 is what meta-training should raise.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+from torch.func import functional_call
+
+from src.errors import UserError
+from src.losses.perceptual import build_perceptual
+from src.models.generator import build_discriminator, build_generator
+from src.modules.common import NonFiniteGuard, ReconstructionMetrics, reconstruction_losses
+
+ALGORITHMS = ("reptile", "fomaml", "maml")
+
+
+def task_frames(batch: dict, t: int, part: str, idx: list[int]) -> tuple[dict, dict]:
+    """Generator inputs and targets for task t: the task's source driven by frames `idx` of `part`
+    (support or query)."""
+    n = len(idx)
+    inputs = dict(source=batch["source"][t].expand(n, -1, -1, -1),
+                  source_lmk=batch["source_lmk_img"][t].expand(n, -1, -1, -1),
+                  driving_lmk=batch[f"{part}_lmk_img"][t, idx], identity=batch["embedding"][t].expand(n, -1),
+                  gaze=batch[f"{part}_gaze"][t, idx], mouth_mask=batch[f"{part}_mouth_mask"][t, idx])
+    targets = dict(target=batch[part][t, idx], eye_mask=batch[f"{part}_eye_mask"][t, idx],
+                   mouth_mask=batch[f"{part}_mouth_mask"][t, idx], lmk_img=batch[f"{part}_lmk_img"][t, idx])
+    return inputs, targets
+
+
+class MetaLearnerModule(L.LightningModule):
+    def __init__(self, cfg: dict, id_dim: int):
+        super().__init__()
+        self.save_hyperparameters({"cfg": cfg, "id_dim": id_dim})
+        self.cfg = OmegaConf.create(cfg)
+        m = self.cfg.meta
+        if m.algorithm not in ALGORITHMS:
+            raise UserError(f"meta.algorithm must be one of {', '.join(ALGORITHMS)}, got '{m.algorithm}'")
+        if m.algorithm == "maml" and m.inner_optimizer != "sgd":
+            raise UserError("meta.algorithm=maml differentiates through the inner updates: it needs meta.inner_optimizer=sgd")
+        if m.algorithm == "maml" and self.cfg.loss.perceptual != "vgg19":
+            # torchmetrics' MS-SSIM clamps with relu before a fractional power: its second derivative is NaN
+            raise UserError("meta.algorithm=maml needs loss.perceptual=vgg19 (the L1 + MS-SSIM substitute is not "
+                            "twice differentiable); use reptile or fomaml with the substitute")
+        if m.inner_optimizer not in ("adam", "sgd"):
+            raise UserError(f"meta.inner_optimizer must be adam or sgd, got '{m.inner_optimizer}'")
+        self.automatic_optimization = False
+        self.generator = build_generator(self.cfg.model, id_dim)
+        # A frozen stage-1 discriminator supplies the GAN terms when they are wanted in the inner loop.
+        self.discriminator = build_discriminator(self.cfg.model).requires_grad_(False) if m.gan_in_inner_loop else None
+        self.perceptual = build_perceptual(self.cfg.loss)
+        self.guard = NonFiniteGuard(self)
+        self.val_metrics = ReconstructionMetrics()
+
+    # ---------------------------------------------------------------- losses on (fast) weights
+    def task_loss(self, params: dict, batch: dict, t: int, part: str, idx: list[int], gan: bool = False):
+        inputs, tg = task_frames(batch, t, part, idx)
+        # eval mode: spectral norm then uses its stored power-iteration vectors instead of updating them in
+        # place from fast weights, which would make those buffers depend on each rank's tasks under DDP
+        mode = self.generator.training
+        self.generator.eval()
+        try:
+            out = functional_call(self.generator, params, kwargs=inputs)
+        finally:
+            self.generator.train(mode)
+        losses = reconstruction_losses(self.cfg.refine, self.perceptual, out, tg["target"], tg["eye_mask"], tg["mouth_mask"])
+        if gan:
+            from src.losses.gan import feature_matching_loss, lsgan_generator_loss
+
+            fake, fake_feats = self.discriminator(out["output"], tg["lmk_img"])
+            with torch.no_grad():
+                _, real_feats = self.discriminator(tg["target"], tg["lmk_img"])
+            losses["gan"] = self.cfg.refine.gan_weight * lsgan_generator_loss(fake)
+            losses["feature_matching"] = self.cfg.refine.feature_matching_weight * feature_matching_loss(real_feats, fake_feats)
+        return sum(losses.values()), out
+
+    def _lr(self, name: str, base: float) -> float:
+        return base * (self.cfg.optim.warp_lr_mult if name.startswith("warper.") else 1.0)
+
+    def adapt(self, batch: dict, t: int, steps: int, second_order: bool = False) -> tuple[dict, list[float]]:
+        """Fast weights adapted to task t on its support frames, and the support loss of each inner step.
+        First order: the fast weights are a detached copy; second order: they stay functions of theta."""
+        m = self.cfg.meta
+        theta = dict(self.generator.named_parameters())
+        fast = dict(theta) if second_order else {n: p.detach().clone().requires_grad_(True) for n, p in theta.items()}
+        k = batch["support"].shape[1]
+        b = min(m.inner_batch, k)
+        opt = None
+        if not second_order:
+            groups = [{"params": [fast[n] for n in fast if n.startswith("warper.") == w], "lr": self._lr("warper." if w else "", m.inner_lr)}
+                      for w in (False, True)]
+            opt = (torch.optim.Adam(groups, betas=tuple(self.cfg.optim.betas)) if m.inner_optimizer == "adam"
+                   else torch.optim.SGD(groups))
+        history = []
+        for j in range(steps):
+            idx = [(j * b + i) % k for i in range(b)]  # walk through the support set: a new pair each step
+            loss, _ = self.task_loss(fast, batch, t, "support", idx, gan=m.gan_in_inner_loop)
+            history.append(float(loss.detach()))
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=second_order)
+            if second_order:
+                fast = {n: p - self._lr(n, m.inner_lr) * g for (n, p), g in zip(fast.items(), grads)}
+            else:
+                for p, g in zip(fast.values(), grads):
+                    p.grad = g
+                opt.step()
+        return fast, history
+
+    def query_loss(self, params: dict, batch: dict, t: int) -> tuple[torch.Tensor, dict]:
+        return self.task_loss(params, batch, t, "query", list(range(batch["query"].shape[1])))
+
+    # ---------------------------------------------------------------- training
+    def outer_objective(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """A scalar whose gradient with respect to the generator's parameters is this rank's outer gradient
+        (mean over its tasks), and the step's statistics."""
+        m = self.cfg.meta
+        theta = dict(self.generator.named_parameters())
+        n_tasks = batch["source"].shape[0]
+        outer = {n: torch.zeros_like(p) for n, p in theta.items()}
+        objective = torch.zeros((), device=self.device)
+        first, last, query = [], [], []
+        for t in range(n_tasks):
+            fast, hist = self.adapt(batch, t, m.inner_steps, second_order=m.algorithm == "maml")
+            first.append(hist[0])
+            last.append(hist[-1])
+            if m.algorithm == "reptile":
+                for n in theta:
+                    outer[n] += (theta[n].detach() - fast[n].detach()) / n_tasks
+                continue
+            loss_q, _ = self.query_loss(fast, batch, t)
+            query.append(float(loss_q.detach()))
+            if m.algorithm == "fomaml":
+                for n, g in zip(fast, torch.autograd.grad(loss_q, list(fast.values()))):
+                    outer[n] += g / n_tasks
+            else:  # maml: the query loss differentiates through the inner updates back to theta
+                objective = objective + loss_q / n_tasks
+        if m.algorithm != "maml":
+            # d/dtheta sum(theta * g) = g: the outer gradient, all-reduced by DDP in the one backward
+            objective = sum((p * outer[n]).sum() for n, p in theta.items())
+        stats = {"support_loss_first": sum(first) / n_tasks, "support_loss_last": sum(last) / n_tasks}
+        if query:
+            stats["query_loss"] = sum(query) / n_tasks
+        return objective, stats
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        opt = self.optimizers()
+        objective, stats = self.outer_objective(batch)
+        if not self.guard.ok(torch.tensor(list(stats.values())).sum() + objective.detach().cpu()):
+            return
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(objective)
+        if self.cfg.meta.grad_clip_norm:
+            self.clip_gradients(opt, gradient_clip_val=self.cfg.meta.grad_clip_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        n = batch["source"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in stats.items()}, sync_dist=True, batch_size=n)
+        self.log("train/loss", stats.get("query_loss", stats["support_loss_last"]), prog_bar=True, sync_dist=True, batch_size=n)
+
+    # ---------------------------------------------------------------- validation: adapt, then measure
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        n_tasks = batch["source"].shape[0]
+        theta = {n: p.detach() for n, p in self.generator.named_parameters()}
+        before, after = [], []
+        with torch.enable_grad():
+            for t in range(n_tasks):
+                with torch.no_grad():
+                    before.append(float(self.query_loss(theta, batch, t)[0]))
+                fast, _ = self.adapt(batch, t, self.cfg.meta.val_adapt_steps)
+                with torch.no_grad():
+                    loss, out = self.query_loss({n: p.detach() for n, p in fast.items()}, batch, t)
+                after.append(float(loss))
+                q = batch["query"].shape[1]
+                self.val_metrics.update(out["output"], batch["source"][t].expand(q, -1, -1, -1), batch["query"][t])
+                if batch_idx == 0 and t == 0:
+                    self.last_val_images = {"source": batch["source"][t].expand(q, -1, -1, -1), "driving": batch["query"][t],
+                                            "driving_lmk_img": batch["query_lmk_img"][t],
+                                            "warped": out["warped"].detach(), "output": out["output"].detach()}
+        b, a = sum(before) / n_tasks, sum(after) / n_tasks
+        kw = dict(sync_dist=True, batch_size=n_tasks)
+        self.log("val/query_loss_before", b, **kw)
+        self.log("val/query_loss_after", a, **kw)
+        self.log("val/adapt_gain", b - a, prog_bar=True, **kw)
+        self.log("val/loss", a, **kw)
+        self.val_metrics.log_to(self)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        warp = list(self.generator.warper.parameters())
+        rest = list(self.generator.refiner.parameters())
+        return torch.optim.Adam([{"params": rest, "lr": o.lr}, {"params": warp, "lr": o.lr * o.warp_lr_mult}],
+                                betas=tuple(o.betas), weight_decay=o.weight_decay)

@@ -1,0 +1,95 @@
+"""Pieces every stage runner shares: weights-only warm starts that name mismatched keys, fit-with-resume,
+the `stages.json` lineage record."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks.image_grid import ValidationImageGrid
+from src.errors import UserError
+from src.trainer import build_trainer
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: str, dst_prefix: str = "") -> int:
+    """Copy the weights under `src_prefix` of a Lightning checkpoint into `module` (under `dst_prefix`),
+    weights only. Missing, unexpected or mis-shaped keys are an error that names them."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" not in state:
+        raise UserError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    source = {dst_prefix + k[len(src_prefix):]: v for k, v in state["state_dict"].items() if k.startswith(src_prefix)}
+    target = {k: v for k, v in module.state_dict().items() if k.startswith(dst_prefix)}
+    if not source:
+        raise UserError(f"{path} has no '{src_prefix}*' weights: is it a checkpoint of another stage?")
+    missing = sorted(set(target) - set(source))
+    unexpected = sorted(set(source) - set(target))
+    shapes = sorted(k for k in set(source) & set(target) if source[k].shape != target[k].shape)
+    if missing or unexpected or shapes:
+        detail = "; ".join(f"{name}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                           for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("shape mismatch", [f"{k} {tuple(source[k].shape)} vs {tuple(target[k].shape)}"
+                                                                  for k in shapes])) if keys)
+        raise UserError(f"{path} does not fit this model ({detail}); was it trained with another model preset?")
+    module.load_state_dict(source, strict=False)
+    return len(source)
+
+
+def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | None = None):
+    """fit with resume: a `last.ckpt` in this stage's folder means an interrupted run to continue."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    overrides = {"gradient_clip_val": None}  # manual optimisation clips inside the modules
+    if max_epochs is not None:
+        overrides["max_epochs"] = max_epochs
+    trainer = build_trainer(cfg, run_dir, callbacks=[ValidationImageGrid(run_dir / "media")], **overrides)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+    return trainer, last
+
+
+def stage_cfg(cfg: DictConfig, stage: str) -> dict:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    c["stage"] = stage
+    return c
+
+
+def read_record(run_dir: Path) -> dict:
+    path = Path(run_dir) / "stages.json"
+    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def record_stage(folder: Path, stage: str, **fields) -> dict:
+    """Update this stage's entry in folder/stages.json (atomically) and return the whole record."""
+    record = read_record(folder)
+    entry = record["stages"].setdefault(stage, {})
+    entry.update(fields)
+    entry.setdefault("started", time.time())
+    write_json(Path(folder) / "stages.json", record)
+    return record
+
+
+def latest_generator_checkpoint(output_root: str | Path, stages: tuple[str, ...]) -> tuple[Path, Path]:
+    """(checkpoint, its stages.json) of the most recently finished generator stage among `stages` in the
+    run folders under output_root (the orchestrators' stages.json files)."""
+    best = None
+    for record_path in Path(output_root).glob("*/*/stages.json"):
+        record = json.loads(record_path.read_text())
+        for name in stages:
+            entry = record["stages"].get(name, {})
+            if entry.get("status") == "done" and Path(entry["checkpoint"]).is_file():
+                if best is None or entry["finished"] > best[0]:
+                    best = (entry["finished"], Path(entry["checkpoint"]), record_path)
+    if best is None:
+        raise UserError(f"no finished {' or '.join(stages)} stage under {output_root}/: run it first (make stage1) "
+                        f"or give the checkpoint explicitly")
+    return best[1], best[2]

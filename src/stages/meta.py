@@ -1,0 +1,52 @@
+"""The `meta` stage runner: meta-learning warm-started from a stage-1 generator (or meta.init=PATH).
+
+The run folder's `stages.json` carries the lineage: the stage-1 record it started from, then `meta`.
+Re-running the same command resumes from `checkpoints/last.ckpt`; a finished run is not redone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from data_modules.voxceleb2 import VoxCeleb2DataModule
+from src.stages.common import fit, latest_generator_checkpoint, load_weights, read_record, record_stage, stage_cfg, write_json
+
+
+def resolve_init(cfg: DictConfig) -> tuple[Path, dict]:
+    """The checkpoint to start from and the record of the run that produced it (empty for an explicit path)."""
+    if cfg.meta.init:
+        path = Path(cfg.meta.init)
+        record = read_record(path.parent.parent.parent) if path.parent.name == "checkpoints" else {"stages": {}}
+        return path, record
+    ckpt, record_path = latest_generator_checkpoint(cfg.output_root, ("refine",))
+    return ckpt, read_record(record_path.parent)
+
+
+def run_meta(cfg: DictConfig, run_dir: Path) -> Path:
+    from src.modules.meta_module import MetaLearnerModule
+
+    run_dir = Path(run_dir)
+    entry = read_record(run_dir)["stages"].get("meta", {})
+    if entry.get("status") == "done":
+        print(f"meta: done earlier ({entry['checkpoint']}); delete {run_dir} or change a setting to train again")
+        return Path(entry["checkpoint"])
+    dm = VoxCeleb2DataModule.from_config(cfg)
+    module = MetaLearnerModule(stage_cfg(cfg, "meta"), dm.id_dim)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    init = Path(entry["init"]) if entry.get("init") else None
+    if not last.exists():  # a fresh run: warm start (a resumed one has its own weights in last.ckpt)
+        init, upstream = resolve_init(cfg)
+        n = load_weights(module, init, "generator.", "generator.")
+        if module.discriminator is not None:
+            load_weights(module, init, "discriminator.", "discriminator.")
+        print(f"meta: {n} generator tensors from {init}")
+        record = read_record(run_dir)
+        record["stages"] = {**upstream["stages"], **record["stages"]}
+        write_json(run_dir / "stages.json", record)
+    record_stage(run_dir, "meta", status="running", run_dir=str(run_dir), init=str(init) if init else None)
+    fit(module, cfg, run_dir, dm)
+    import time
+
+    record_stage(run_dir, "meta", status="done", checkpoint=str(last), finished=time.time())
+    return last

@@ -1,0 +1,147 @@
+"""Meta-learning: the inner/outer loops of MetaLearnerModule, the `meta` stage runner, DDP."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from data_modules.voxceleb2 import VoxCeleb2DataModule
+from src import train
+from src.config import compose
+from src.errors import UserError
+from src.modules.meta_module import MetaLearnerModule
+from tests.conftest import REPO
+
+
+def _meta(shards, *extra):
+    cfg = compose("meta", ["model=tiny", f"data.root={shards}", "logger=disabled", *extra])
+    dm = VoxCeleb2DataModule.from_config(cfg)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    module = MetaLearnerModule(OmegaConf.to_container(cfg, resolve=True), dm.id_dim)
+    batch = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    return module, batch
+
+
+def _outer_grads(module, batch):
+    module.generator.zero_grad(set_to_none=True)
+    objective, stats = module.outer_objective(batch)
+    objective.backward()
+    return {n: p.grad.clone() for n, p in module.generator.named_parameters()}, stats
+
+
+def _adapted_query_loss(module, batch) -> float:
+    total = 0.0
+    for t in range(batch["source"].shape[0]):
+        fast, _ = module.adapt(batch, t, module.cfg.meta.inner_steps)
+        with torch.no_grad():
+            total += float(module.query_loss(fast, batch, t)[0])
+    return total
+
+
+def test_reptile_outer_gradient_is_theta_minus_adapted(shards):
+    # inner SGD: Adam's first steps divide near-zero gradients by their own magnitude, which turns the ~1e-9
+    # run-to-run noise of CPU convolution gradients into visible differences, and this test compares two runs
+    module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.01")
+    assert batch["source"].shape[0] == 2 and batch["support"].shape[1] == 4
+    grads, stats = _outer_grads(module, batch)
+    theta = {n: p.detach().clone() for n, p in module.generator.named_parameters()}
+    expected = {n: torch.zeros_like(p) for n, p in theta.items()}
+    for t in range(2):
+        fast, hist = module.adapt(batch, t, module.cfg.meta.inner_steps)
+        assert hist[-1] < hist[0] * 1.5 and len(hist) == module.cfg.meta.inner_steps
+        for n in theta:
+            expected[n] += (theta[n] - fast[n].detach()) / 2
+    assert sum(float(g.abs().sum()) for g in grads.values()) > 0
+    for n in theta:
+        assert torch.allclose(grads[n], expected[n], rtol=1e-4, atol=1e-9), n
+    # an outer SGD step moves theta towards the mean of the adapted weights
+    mean_fast = {n: theta[n] - expected[n] for n in theta}
+    dist = lambda a: sum(float((a[n] - mean_fast[n]).pow(2).sum()) for n in theta) ** 0.5  # noqa: E731
+    stepped = {n: theta[n] - 0.5 * grads[n] for n in theta}
+    assert dist(stepped) == pytest.approx(0.5 * dist(theta), rel=1e-4)
+
+
+def test_fomaml_gradient_depends_on_the_query_and_lowers_the_adapted_query_loss(shards):
+    module, batch = _meta(shards, "meta.algorithm=fomaml")
+    grads, stats = _outer_grads(module, batch)
+    assert "query_loss" in stats
+    # the query set matters: other query frames give another outer gradient (the original never used it)
+    other = dict(batch)
+    for key in [k for k in batch if k.startswith("query") and torch.is_tensor(batch[k])]:
+        other[key] = batch[key].flip(1)[:, :2]
+    grads_other, _ = _outer_grads(module, other)
+    diff = sum(float((grads[n] - grads_other[n]).abs().sum()) for n in grads)
+    assert diff > 1e-3 * sum(float(g.abs().sum()) for g in grads.values())
+    # a small step along -g lowers the query loss reached after adaptation
+    before = _adapted_query_loss(module, batch)
+    with torch.no_grad():
+        for n, p in module.generator.named_parameters():
+            p -= 1e-3 * grads[n]
+    assert _adapted_query_loss(module, batch) < before
+
+
+def test_maml_is_second_order_and_needs_inner_sgd(shards, tmp_path):
+    with pytest.raises(UserError, match="inner_optimizer=sgd"):
+        _meta(shards, "meta.algorithm=maml")
+    with pytest.raises(UserError, match="loss.perceptual=vgg19"):
+        _meta(shards, "meta.algorithm=maml", "meta.inner_optimizer=sgd")
+    # VGG19 features in torchvision's format (random weights: this checks the calculus, not the features)
+    from src.losses.perceptual import VGG19_FILE, vgg19_features
+
+    vgg = tmp_path / VGG19_FILE
+    torch.save({f"features.{k}": v for k, v in vgg19_features().state_dict().items()}, vgg)
+    module, batch = _meta(shards, "meta.algorithm=maml", "meta.inner_optimizer=sgd", "meta.inner_lr=1e-4",
+                          "loss.perceptual=vgg19", f"loss.vgg19_weights={vgg}", "loss.perceptual_scales=[1.0]")
+    g2, _ = _outer_grads(module, batch)
+    module.cfg.meta.algorithm = "fomaml"
+    g1, _ = _outer_grads(module, batch)
+    flat = lambda g: torch.cat([v.flatten() for v in g.values()])  # noqa: E731
+    a, b = flat(g2), flat(g1)
+    assert torch.isfinite(a).all()
+    cos = float(a @ b / (a.norm() * b.norm()))
+    assert 0.5 < cos < 0.999  # close to the first-order gradient, but not equal: the Hessian term is there
+
+
+def test_validation_adapts_and_logs_the_gain(shards, tmp_path):
+    module, batch = _meta(shards, "meta.val_adapt_steps=3", "optim.lr=1e-3")
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, value)  # noqa: E731
+    module.validation_step(batch, 0)
+    assert logged["val/query_loss_after"] < logged["val/query_loss_before"]
+    assert logged["val/adapt_gain"] == pytest.approx(logged["val/query_loss_before"] - logged["val/query_loss_after"])
+
+
+def test_meta_stage_starts_from_the_latest_stage1_run_and_records_lineage(shards, tmp_path):
+    common = ["model=tiny", "logger=disabled", f"data.root={shards}", f"output_root={tmp_path}",
+              "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"]
+    assert train.main(["stage1", *common, "stage1.warp_epochs=1", "stage1.refine_epochs=1", "run_name=s1"]) == 0
+    assert train.main(["meta", *common, "trainer.max_epochs=1", "run_name=m"]) == 0
+    record = json.loads((tmp_path / "meta" / "m" / "stages.json").read_text())
+    assert list(record["stages"]) == ["warp", "refine", "meta"]
+    assert record["stages"]["meta"]["init"] == record["stages"]["refine"]["checkpoint"]
+    assert record["stages"]["meta"]["status"] == "done"
+    ckpt = torch.load(record["stages"]["meta"]["checkpoint"], weights_only=True)
+    assert ckpt["global_step"] > 0 and any(k.startswith("generator.") for k in ckpt["state_dict"])
+    # done: a re-run does not train again
+    assert train.main(["meta", *common, "trainer.max_epochs=1", "run_name=m"]) == 0
+    with pytest.raises(UserError, match="no finished refine"):
+        from src.stages.common import latest_generator_checkpoint
+
+        latest_generator_checkpoint(tmp_path / "nothing", ("refine",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
+def test_ddp_meta_keeps_ranks_identical(shards, tmp_path, algorithm):
+    r = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "ddp_stage1.py"), str(shards), str(tmp_path),
+                        "meta", f"meta.algorithm={algorithm}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert ranks[0]["world_size"] == 2 and ranks[0]["step"] > 0
+    assert set(ranks[0]["identities"]).isdisjoint(ranks[1]["identities"])  # the ranks adapted to different people
+    assert ranks[0]["hash"] == ranks[1]["hash"]  # yet the outer update was the same on both
