@@ -1,0 +1,79 @@
+"""PersonalizeModule: fine-tuning a trained generator (stage 1 or meta) to one person's frames.
+
+Plain reconstruction fine-tuning (the refine stage's non-adversarial losses), no discriminator: the
+adaptation budget is seconds to minutes. `load_generator` reads any generator checkpoint of this project
+(refine, meta, personalize) with weights_only=True.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from src.errors import UserError
+from src.losses.perceptual import build_perceptual
+from src.models.generator import TalkingHeadGenerator, build_generator
+from src.modules.common import ReconstructionMetrics, generator_inputs, reconstruction_losses
+
+
+def load_generator(checkpoint: str | Path) -> tuple[TalkingHeadGenerator, dict, int]:
+    """(generator with the checkpoint's weights, its config, id_dim) from a refine/meta/personalize checkpoint."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, truncated, or holding objects weights_only refuses
+        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+    hp = state.get("hyper_parameters", {}) if isinstance(state, dict) else {}
+    weights = {k[len("generator."):]: v for k, v in state.get("state_dict", {}).items() if k.startswith("generator.")} \
+        if isinstance(state, dict) else {}
+    if not weights or "cfg" not in hp:
+        kind = "a warp-stage checkpoint (no refiner)" if any(k.startswith("warper.") for k in state.get("state_dict", {})) \
+            else "not a generator checkpoint"
+        raise UserError(f"{path} is {kind}: give a checkpoint of the refine, stage1, meta or personalize stage")
+    cfg, id_dim = hp["cfg"], int(hp["id_dim"])
+    generator = build_generator(OmegaConf.create(cfg["model"]), id_dim)
+    target = generator.state_dict()
+    bad = sorted(set(target) ^ set(weights)) + sorted(k for k in set(target) & set(weights) if target[k].shape != weights[k].shape)
+    if bad:
+        raise UserError(f"{path}: generator weights do not fit its own config ({', '.join(bad[:4])} ...)")
+    generator.load_state_dict(weights)
+    return generator, cfg, id_dim
+
+
+class PersonalizeModule(L.LightningModule):
+    def __init__(self, cfg: dict, id_dim: int, lr: float, generator: TalkingHeadGenerator | None = None):
+        super().__init__()
+        self.save_hyperparameters({"cfg": cfg, "id_dim": id_dim, "lr": lr})
+        self.cfg = OmegaConf.create(cfg)
+        self.lr = lr
+        self.generator = generator if generator is not None else build_generator(self.cfg.model, id_dim)
+        self.perceptual = build_perceptual(self.cfg.loss)
+        self.val_metrics = ReconstructionMetrics()
+
+    def model_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        out = self.generator(**generator_inputs(batch))
+        losses = reconstruction_losses(self.cfg.refine, self.perceptual, out, batch["driving"],
+                                       batch["driving_eye_mask"], batch["driving_mouth_mask"])
+        return sum(losses.values()), out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, _ = self.model_step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["source"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, out = self.model_step(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["source"]))
+        self.val_metrics.update(out["output"], batch["source"], batch["driving"])
+        self.val_metrics.log_to(self)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        warp = list(self.generator.warper.parameters())
+        rest = list(self.generator.refiner.parameters())
+        return torch.optim.Adam([{"params": rest, "lr": self.lr}, {"params": warp, "lr": self.lr * o.warp_lr_mult}],
+                                betas=tuple(o.betas))

@@ -1,0 +1,134 @@
+"""`python -m src.personalize`: a real fixture clip through preprocessing, fine-tuning and the outputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from src import personalize
+from src.config import compose
+from src.errors import UserError
+from src.models.generator import build_generator
+from src.modules.personalize_module import load_generator
+from src.video_io import probe
+from tests.conftest import REPO, _faceless_video
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny generator checkpoint in the layout Lightning writes for the refine stage (128-D dlib identity)."""
+    cfg = OmegaConf.to_container(compose("refine", ["model=tiny"]), resolve=True)
+    torch.manual_seed(0)
+    gen = build_generator(OmegaConf.create(cfg["model"]), 128)
+    path = tmp_path_factory.mktemp("ckpt") / "refine.ckpt"
+    torch.save({"state_dict": {f"generator.{k}": v for k, v in gen.state_dict().items()},
+                "hyper_parameters": {"cfg": cfg, "id_dim": 128}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(fixtures_dir):
+    return sorted((fixtures_dir / "voxceleb2_mini" / "test" / "mp4").glob("*/*/*.mp4"))[0]
+
+
+def _args(ckpt, video, out, *extra):
+    return ["--checkpoint", str(ckpt), "--video", str(video), "--output", str(out), "--batch-size", "2",
+            "--max-eval-frames", "4", "--identity-backend", "dlib", *extra]
+
+
+def test_personalize_end_to_end(tiny_checkpoint, clip, tmp_path, capsys):
+    out = tmp_path / "me.ckpt"
+    assert personalize.main(_args(tiny_checkpoint, clip, out, "--steps", "6", "--eval-every", "3", "--lr", "1e-3")) == 0
+    assert "held-out PSNR" in capsys.readouterr().out
+    generator, cfg, id_dim = load_generator(out)  # loadable with weights_only, by the same code as any generator
+    assert id_dim == 128 and cfg["model"]["resolution"] == 64
+    ckpt = torch.load(out, weights_only=True)
+    assert len(ckpt["personalized"]["embedding"]) == 128 and ckpt["personalized"]["steps"] == 6
+    report = json.loads((tmp_path / "me.report.json").read_text())
+    assert report["steps"] == 6 and report["stopped_by"] == "steps"
+    for when in ("before", "after"):
+        h = report["heldout"][when]
+        assert h["frames"] == 4 and 5 < h["psnr"] < 60 and 0 < h["ssim"] <= 1 and -1 <= h["identity_similarity"] <= 1
+    assert report["heldout_frames"] > 0 and report["train_frames"] > 4 * report["heldout_frames"] - 8
+    # fine-tuning on this person lowered the held-out loss below the starting weights' loss
+    start = load_generator(tiny_checkpoint)[0]
+    assert not all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), generator.state_dict().values()))
+    preview = probe(tmp_path / "me.preview.mp4")
+    assert preview.frames == 4 and preview.width == 3 * 64
+    assert not (tmp_path / "me.work" / "checkpoints").exists()  # finished: resume state removed
+    # an existing output is kept unless --overwrite
+    before = out.stat().st_mtime_ns
+    with pytest.raises(UserError, match="--overwrite"):
+        personalize.personalize(personalize.parse_args(_args(tiny_checkpoint, clip, out, "--steps", "2")))
+    assert out.stat().st_mtime_ns == before
+
+
+def test_heldout_loss_goes_down_with_fine_tuning(tiny_checkpoint, clip, tmp_path):
+    out = tmp_path / "p.ckpt"
+    personalize.main(_args(tiny_checkpoint, clip, out, "--steps", "12", "--eval-every", "12", "--lr", "1e-3",
+                           "--heldout-fraction", "0.3"))
+    report = json.loads((tmp_path / "p.report.json").read_text())
+    logs = sorted((tmp_path / "p.work" / "logs").rglob("metrics.csv"))[-1].read_text().splitlines()
+    header = logs[0].split(",")
+    val = [float(r.split(",")[header.index("val/loss")]) for r in logs[1:] if r.split(",")[header.index("val/loss")]]
+    assert val, "held-out loss was measured"
+    from data_modules.personal import PersonalVideoDataModule
+    from src.modules.personalize_module import PersonalizeModule
+
+    dm = PersonalVideoDataModule(str(tmp_path / "p.work" / "shards"), resolution=64, batch_size=2, heldout_fraction=0.3,
+                                 id_dim=128)
+    dm.setup()
+    for name, path in (("start", tiny_checkpoint), ("personal", out)):
+        gen, cfg, id_dim = load_generator(path)
+        report[name] = personalize.heldout_loss(PersonalizeModule(cfg, id_dim, 1e-3, gen), dm, torch.device("cpu"), 2)
+    assert report["personal"] < report["start"]
+
+
+def test_bad_inputs_give_clear_errors_and_write_nothing(tiny_checkpoint, clip, tmp_path):
+    faceless = tmp_path / "noface.mp4"
+    _faceless_video(faceless)
+    out = tmp_path / "x.ckpt"
+    with pytest.raises(UserError, match="no usable face"):
+        personalize.personalize(personalize.parse_args(_args(tiny_checkpoint, faceless, out)))
+    with pytest.raises(UserError, match="too few to hold out"):
+        personalize.personalize(personalize.parse_args(_args(tiny_checkpoint, clip, out, "--heldout-fraction", "0.95")))
+    warp_only = tmp_path / "warp.ckpt"
+    torch.save({"state_dict": {"warper.a": torch.zeros(1)}, "hyper_parameters": {"cfg": {}, "id_dim": 128}}, warp_only)
+    with pytest.raises(UserError, match="warp-stage checkpoint"):
+        personalize.personalize(personalize.parse_args(_args(warp_only, clip, out)))
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        personalize.personalize(personalize.parse_args(_args(junk, clip, out)))
+    assert not out.exists() and not (tmp_path / "x.report.json").exists() and not (tmp_path / "x.preview.mp4").exists()
+    assert personalize.main(_args(tiny_checkpoint, tmp_path / "missing.mp4", out)) == 2
+
+
+@pytest.mark.slow
+def test_killed_personalization_resumes(tiny_checkpoint, clip, tmp_path):
+    out = tmp_path / "k.ckpt"
+    cmd = [sys.executable, "-m", "src.personalize", *_args(tiny_checkpoint, clip, out, "--steps", "40", "--eval-every", "4")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "k.work" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    assert last.exists() and not out.exists()
+    saved_step = torch.load(last, weights_only=True)["global_step"]
+    assert 0 < saved_step < 40
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "k.report.json").read_text())
+    assert report["steps"] == 40
+    # the resumed run continued from saved_step: its CSV log has no training rows before it
+    logs = sorted((tmp_path / "k.work" / "logs").rglob("metrics.csv"))
+    steps = [int(row.split(",")[1]) for row in logs[-1].read_text().splitlines()[1:]]
+    assert min(steps) >= saved_step - 1
