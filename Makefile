@@ -19,7 +19,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install test demo sample preprocess stage1 train bench clean distclean
+.PHONY: help install test demo sample preprocess stage1 meta personalize train bench bench-personalize clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,6 +53,13 @@ demo: install ## install, build the sample data and run the pipeline on it (outp
 stage1: install ## stage 1 (warp, then refine) in one resumable run: make stage1 ARGS="model=demo data.root=..."
 	$(PY) -m src.train stage1 $(ARGS)
 
+meta: install ## meta-learning from the latest stage-1 run (or ARGS="meta.init=CKPT"): make meta ARGS="..."
+	$(PY) -m src.train meta $(ARGS)
+
+personalize: install ## adapt to a person: make personalize VIDEO=me.mp4 CKPT=meta.ckpt [OUT=me.ckpt] [ARGS="--steps 300"]
+	@test -n "$(VIDEO)" -a -n "$(CKPT)" || { echo "usage: make personalize VIDEO=path/to/video.mp4 CKPT=path/to/generator.ckpt [OUT=...]" >&2; exit 2; }
+	$(PY) -m src.personalize --checkpoint $(CKPT) --video $(VIDEO) --output $(or $(OUT),outputs/personalized/$(basename $(notdir $(firstword $(VIDEO)))).ckpt) $(ARGS)
+
 train: install ## train one stage: make train STAGE=warp ARGS="key=value ..."
 	$(PY) -m src.train $(STAGE) $(ARGS)
 
@@ -63,6 +70,14 @@ bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md
 	$(PY) -m benchmarks.bench_preprocess
 	$(PY) -m benchmarks.bench_datamodules
 	$(PY) -m benchmarks.bench_stage1
+	$(PY) -m benchmarks.bench_personalize_speed
+	$(PY) -m benchmarks.report
+
+# The evidence checkpoints of BENCHMARKS.md (stage 1 and meta on voxceleb2_mini's dev split, demo preset).
+META_CKPT   ?= outputs/meta/evidence/checkpoints/last.ckpt
+STAGE1_CKPT ?= outputs/stage1/evidence/refine/checkpoints/last.ckpt
+bench-personalize: install ## adaptation curves from META_CKPT vs STAGE1_CKPT on held-out people (JSON)
+	$(PY) -m benchmarks.bench_personalize --meta $(META_CKPT) --stage1 $(STAGE1_CKPT) $(ARGS)
 	$(PY) -m benchmarks.report
 
 clean: ## remove outputs and caches (keeps .venv and data)

@@ -53,7 +53,7 @@ class PersonalVideoDataModule(GuidanceDataModule):
     def __init__(self, root: str, mode: str = "pairs", resolution: int = 256, batch_size: int = 4,
                  num_workers: int = 0, heldout_fraction: float = 0.2, min_train_frames: int = 8,
                  samples_per_epoch: int = 200, window: int = 6, augment: bool = True, id_dim: int | None = None,
-                 render: bool = True, seed: int = 0):
+                 render: bool = True, seed: int = 0, identities: list[str] | None = None):
         super().__init__()
         if mode not in ("pairs", "windows"):
             raise UserError(f"PersonalVideoDataModule supports modes pairs and windows, not '{mode}'")
@@ -65,6 +65,7 @@ class PersonalVideoDataModule(GuidanceDataModule):
         self.spec = SampleSpec(mode, resolution, window=window, augment=augment, seed=seed)
         self.manifest = load_manifest(self.root)
         self.id_dim = check_id_dim(id_dim, self.manifest)
+        self.identities = set(identities) if identities else None  # restrict a multi-person shard folder
         self.items: list[dict] | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -75,7 +76,9 @@ class PersonalVideoDataModule(GuidanceDataModule):
         items = []
         for split in self.manifest["splits"]:
             ds = StreamingDataset(str(self.root / split))
-            items += [ds[i] for i in range(len(ds))]
+            wanted = [c["index"] for c in self.manifest["clips"] if c["split"] == split
+                      and (self.identities is None or c["identity"] in self.identities)]
+            items += [ds[i] for i in wanted]
         if self.spec.mode == "windows":
             items = [it for it in items if has_hq(it)]
         if not items:

@@ -45,8 +45,42 @@ def step_stage1(sample: Path, out: Path) -> dict:
     return {"run": str(out / "stage1" / "demo"), "checkpoints": {k: v["checkpoint"] for k, v in record.items()}}
 
 
+def step_meta(sample: Path, out: Path) -> dict:
+    """Meta-learning (reptile) warm-started from the demo's stage-1 generator: a few outer steps."""
+    from src import train
+
+    record = json.loads((out / "stage1" / "demo" / "stages.json").read_text())["stages"]
+    args = ["meta", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
+            f"meta.init={record['refine']['checkpoint']}", "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
+            "optim.lr=1e-4"]
+    if train.main(args) != 0:
+        raise UserError("meta-learning failed (see above); re-run `make demo` to resume it")
+    meta = json.loads((out / "meta" / "demo" / "stages.json").read_text())["stages"]["meta"]
+    return {"run": str(out / "meta" / "demo"), "checkpoint": meta["checkpoint"], "init": meta["init"]}
+
+
+def step_personalize(sample: Path, out: Path) -> dict:
+    """Personalize the meta checkpoint to one held-out (test split) sample identity from its video."""
+    from src import personalize
+
+    video = sorted((sample / "test" / "mp4").glob("*/*/*.mp4"))[0]
+    person = video.parent.parent.name
+    target = out / "personalized" / f"{person}.ckpt"
+    report = target.with_suffix(".report.json")
+    if not report.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        meta = json.loads((out / "meta" / "demo" / "stages.json").read_text())["stages"]["meta"]["checkpoint"]
+        if personalize.main(["--checkpoint", meta, "--video", str(video), "--output", str(target), "--steps", "30",
+                             "--eval-every", "10", "--max-eval-frames", "16", "--overwrite"]) != 0:
+            raise UserError("personalization failed (see above); re-run `make demo` to resume it")
+    r = json.loads(report.read_text())
+    return {"identity": person, "video": str(video), "checkpoint": str(target), "steps": r["steps"],
+            "heldout_psnr": [round(r["heldout"]["before"]["psnr"], 2), round(r["heldout"]["after"]["psnr"], 2)]}
+
+
 # The pipeline, in order. Steps are added here as the stages land.
-STEPS = [("sample", step_sample), ("preprocess", step_preprocess), ("stage1", step_stage1)]
+STEPS = [("sample", step_sample), ("preprocess", step_preprocess), ("stage1", step_stage1), ("meta", step_meta),
+         ("personalize", step_personalize)]
 
 
 @cli_entry

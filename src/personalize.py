@@ -172,8 +172,10 @@ def personalize(a: argparse.Namespace) -> dict:
     existing = [str(p) for k, p in paths.items() if k != "work" and p.exists()]
     if existing and not a.overwrite:
         raise UserError(f"{', '.join(existing)} already exist(s): pass --overwrite to replace, or another --output")
-    if not a.output.parent.exists():
-        raise UserError(f"--output folder {a.output.parent} does not exist")
+    try:
+        a.output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the --output folder {a.output.parent}: {exc.strerror}") from None
     device = resolve_device(a.device)
     generator, cfg, id_dim = load_generator(a.checkpoint)  # checked before any long work
     if a.perceptual:

@@ -1,0 +1,79 @@
+"""TemporalSR network, its StyleGAN2 prior loader and the temporal warping error."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from src.config import compose
+from src.errors import UserError
+from src.metrics.temporal import warping_error
+from src.models.stylegan2 import StyleGAN2Decoder, load_prior
+from src.models.temporal_sr import build_sr
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo", "full"])
+def test_shapes_for_every_preset(preset):
+    cfg = compose("sr", [f"model={preset}"]).model
+    s = cfg.sr.out_size
+    if preset == "full":  # 200 M parameters at 512: shapes on the meta device, without the arithmetic
+        with torch.device("meta"):
+            out = build_sr(cfg)(torch.rand(1, 2, 3, s // 2, s // 2))
+    else:
+        out = build_sr(cfg)(torch.rand(2, 3, 3, s // 2, s // 2))
+    assert out.shape[-3:] == (3, s, s) and out.shape[1] == (2 if preset == "full" else 3)
+
+
+def test_temporal_fusion_starts_as_the_per_frame_path_and_output_as_bicubic():
+    torch.manual_seed(0)
+    model = build_sr(compose("sr", ["model=tiny"]).model).eval()
+    window = torch.rand(1, 4, 3, 64, 64)
+    with torch.no_grad():
+        together = model(window)
+        alone = torch.cat([model(window[:, t : t + 1]) for t in range(4)], 1)
+        bicubic = torch.nn.functional.interpolate(window[0], scale_factor=2, mode="bicubic", align_corners=False)
+    assert torch.equal(together, alone)  # zero-initialised mixing: frames do not see each other yet
+    assert torch.equal(together[0], bicubic)  # residual gain 0
+    # once the mixing weights move, neighbours matter
+    with torch.no_grad():
+        for mix in model.dec_mix:
+            mix.conv2.weight.normal_(0, 0.01)
+        model.residual_gain.fill_(1.0)
+        assert not torch.allclose(model(window)[:, 1], model(window[:, 1:2])[:, 0])
+
+
+def test_prior_loader_maps_every_key_of_the_published_layout(tmp_path):
+    torch.manual_seed(0)
+    published = StyleGAN2Decoder(128, style_dim=64, num_mlp=2, channel_multiplier=1, narrow=1 / 16)
+    # GFPGAN v1.3 layout: {"params_ema": {"stylegan_decoder.<key>": ..., <encoder keys>: ...}}
+    state = {f"stylegan_decoder.{k}": v for k, v in published.state_dict().items()}
+    state["conv_body_first.weight"] = torch.zeros(1)  # GFPGAN's own encoder: not part of the prior
+    torch.save({"params_ema": state}, tmp_path / "GFPGANv1.3.pth")
+    model = build_sr(compose("sr", ["model=tiny"]).model)
+    n = load_prior(model.decoder, tmp_path / "GFPGANv1.3.pth")
+    assert n == len(published.state_dict()) == len(model.decoder.state_dict())
+    for k, v in published.state_dict().items():
+        assert torch.equal(model.decoder.state_dict()[k], v), k
+    # a bare StyleGAN2-clean state dict works too; another width is refused with the shapes named
+    torch.save(published.state_dict(), tmp_path / "clean.pth")
+    assert load_prior(model.decoder, tmp_path / "clean.pth") == n
+    other = StyleGAN2Decoder(128, style_dim=64, num_mlp=2, channel_multiplier=1, narrow=1 / 8)
+    torch.save(other.state_dict(), tmp_path / "wide.pth")
+    with pytest.raises(UserError, match="shape mismatch"):
+        load_prior(model.decoder, tmp_path / "wide.pth")
+
+
+def test_warping_error_sees_flicker_but_not_motion(fixtures_dir):
+    from src.video_io import read_frames
+
+    clip = sorted((fixtures_dir / "voxceleb2_mini" / "test" / "mp4").glob("*/*/*.mp4"))[0]
+    real = np.stack([f[::2, ::2] for f in read_frames(clip)[:12]])  # real head motion
+    flicker = real.astype(np.int16)
+    flicker[1::2] += 25  # every other frame brighter
+    flicker = flicker.clip(0, 255).astype(np.uint8)
+    e_real, e_flicker = warping_error(real), warping_error(flicker)
+    assert e_real < 0.03 and e_flicker > 2 * e_real
+    static = np.repeat(real[:1], 4, axis=0)
+    assert warping_error(static) < 1e-6
+    with pytest.raises(ValueError):
+        warping_error(real[:1])
