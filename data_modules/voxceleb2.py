@@ -210,6 +210,8 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         extra = {}
         if "meta" in cfg:  # episode sizes are the meta stage's settings
             extra.update(support=cfg.meta.support_frames, query=cfg.meta.query_frames)
+        if "sr" in cfg:  # window length is the SR stage's setting
+            extra.update(window=cfg.sr.window)
         return cls(root=d.root, mode=d.mode, resolution=d.resolution, batch_size=d.batch_size,
                    num_workers=d.num_workers, train_split=d.train_split, val_split=d.val_split,
                    augment=d.augment, id_dim=cfg.model.id_dim, seed=cfg.seed, **extra)

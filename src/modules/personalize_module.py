@@ -35,6 +35,11 @@ def load_generator(checkpoint: str | Path) -> tuple[TalkingHeadGenerator, dict, 
             else "not a generator checkpoint"
         raise UserError(f"{path} is {kind}: give a checkpoint of the refine, stage1, meta or personalize stage")
     cfg, id_dim = hp["cfg"], int(hp["id_dim"])
+    # keys added to the model section after the checkpoint was written take their defaults
+    from src.config import CONFIG_DIR
+
+    defaults = OmegaConf.load(CONFIG_DIR / "default.yaml").model
+    cfg["model"] = OmegaConf.to_container(OmegaConf.merge(defaults, cfg["model"]), resolve=True)
     generator = build_generator(OmegaConf.create(cfg["model"]), id_dim)
     target = generator.state_dict()
     bad = sorted(set(target) ^ set(weights)) + sorted(k for k in set(target) & set(weights) if target[k].shape != weights[k].shape)

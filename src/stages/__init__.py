@@ -15,6 +15,7 @@ STAGE_RUNNERS: dict[str, str] = {
     "refine": "src.stages.stage1:run_refine",
     "stage1": "src.stages.stage1:run_stage1",
     "meta": "src.stages.meta:run_meta",
+    "sr": "src.stages.sr:run_sr",
 }
 
 

@@ -46,13 +46,13 @@ def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: st
     return len(source)
 
 
-def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | None = None):
+def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | None = None, callbacks=None):
     """fit with resume: a `last.ckpt` in this stage's folder means an interrupted run to continue."""
     last = run_dir / "checkpoints" / "last.ckpt"
     overrides = {"gradient_clip_val": None}  # manual optimisation clips inside the modules
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
-    trainer = build_trainer(cfg, run_dir, callbacks=[ValidationImageGrid(run_dir / "media")], **overrides)
+    trainer = build_trainer(cfg, run_dir, callbacks=[ValidationImageGrid(run_dir / "media"), *(callbacks or [])], **overrides)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None, weights_only=True)
     return trainer, last
 
