@@ -19,7 +19,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install test demo sample preprocess stage1 meta personalize train bench bench-personalize clean distclean
+.PHONY: help install test demo sample preprocess stage1 meta sr personalize upscale train bench bench-personalize clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,6 +56,12 @@ stage1: install ## stage 1 (warp, then refine) in one resumable run: make stage1
 meta: install ## meta-learning from the latest stage-1 run (or ARGS="meta.init=CKPT"): make meta ARGS="..."
 	$(PY) -m src.train meta $(ARGS)
 
+sr: install ## temporal super-resolution: LQ renders by the latest stage-1/meta model, then training: make sr ARGS="..."
+	$(PY) -m src.train sr $(ARGS)
+
+upscale: install ## x2 a frame folder or video: make upscale CKPT=sr.ckpt INPUT=frames_or.mp4 OUTPUT=out_dir_or.mp4
+	$(PY) -m src.upscale --checkpoint $(CKPT) --input $(INPUT) --output $(OUTPUT) $(ARGS)
+
 personalize: install ## adapt to a person: make personalize VIDEO=me.mp4 CKPT=meta.ckpt [OUT=me.ckpt] [ARGS="--steps 300"]
 	@test -n "$(VIDEO)" -a -n "$(CKPT)" || { echo "usage: make personalize VIDEO=path/to/video.mp4 CKPT=path/to/generator.ckpt [OUT=...]" >&2; exit 2; }
 	$(PY) -m src.personalize --checkpoint $(CKPT) --video $(VIDEO) --output $(or $(OUT),outputs/personalized/$(basename $(notdir $(firstword $(VIDEO)))).ckpt) $(ARGS)
@@ -71,6 +77,7 @@ bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md
 	$(PY) -m benchmarks.bench_datamodules
 	$(PY) -m benchmarks.bench_stage1
 	$(PY) -m benchmarks.bench_personalize_speed
+	$(PY) -m benchmarks.bench_sr
 	$(PY) -m benchmarks.report
 
 # The evidence checkpoints of BENCHMARKS.md (stage 1 and meta on voxceleb2_mini's dev split, demo preset).

@@ -78,9 +78,28 @@ def step_personalize(sample: Path, out: Path) -> dict:
             "heldout_psnr": [round(r["heldout"]["before"]["psnr"], 2), round(r["heldout"]["after"]["psnr"], 2)]}
 
 
+def step_sr(sample: Path, out: Path) -> dict:
+    """Temporal SR (128 -> 256 at the demo preset) on LQ frames rendered by the demo's meta checkpoint."""
+    from src import train
+
+    meta = json.loads((out / "meta" / "demo" / "stages.json").read_text())["stages"]["meta"]["checkpoint"]
+    args = ["sr", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
+            f"sr.init_base={meta}", "trainer.max_epochs=2", "sr.window=4", "trainer.log_every_n_steps=5",
+            "optim.lr=5e-4", "data.batch_size=2"]
+    if train.main(args) != 0:
+        raise UserError("super-resolution failed (see above); re-run `make demo` to resume it")
+    header, *rows = (out / "sr" / "demo" / "csv" / "metrics.csv").read_text().splitlines()
+    val = [dict(zip(header.split(","), r.split(","))) for r in rows]
+    val = [r for r in val if r.get("val/psnr")]
+    last = val[-1] if val else {}
+    return {"run": str(out / "sr" / "demo"), "checkpoint": str(out / "sr" / "demo" / "checkpoints" / "last.ckpt"),
+            "val_psnr": last.get("val/psnr"), "val_psnr_bicubic": last.get("val/psnr_bicubic")}
+
+
 # The pipeline, in order. Steps are added here as the stages land.
 STEPS = [("sample", step_sample), ("preprocess", step_preprocess), ("stage1", step_stage1), ("meta", step_meta),
-         ("personalize", step_personalize)]
+         ("personalize", step_personalize),
+         ("sr", step_sr)]
 
 
 @cli_entry
