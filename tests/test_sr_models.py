@@ -33,12 +33,13 @@ def test_temporal_fusion_starts_as_the_per_frame_path_and_output_as_bicubic():
         alone = torch.cat([model(window[:, t : t + 1]) for t in range(4)], 1)
         bicubic = torch.nn.functional.interpolate(window[0], scale_factor=2, mode="bicubic", align_corners=False)
     assert torch.equal(together, alone)  # zero-initialised mixing: frames do not see each other yet
-    assert torch.equal(together[0], bicubic)  # residual gain 0
+    assert torch.equal(together[0], bicubic)  # ToRGB heads start at zero: output = bicubic
     # once the mixing weights move, neighbours matter
     with torch.no_grad():
         for mix in model.dec_mix:
             mix.conv2.weight.normal_(0, 0.01)
-        model.residual_gain.fill_(1.0)
+        for head in model.decoder.to_rgbs:
+            head.modulated_conv.weight.normal_(0, 0.1)
         assert not torch.allclose(model(window)[:, 1], model(window[:, 1:2])[:, 0])
 
 
@@ -61,6 +62,24 @@ def test_prior_loader_maps_every_key_of_the_published_layout(tmp_path):
     torch.save(other.state_dict(), tmp_path / "wide.pth")
     with pytest.raises(UserError, match="shape mismatch"):
         load_prior(model.decoder, tmp_path / "wide.pth")
+
+
+def test_a_loaded_prior_is_frozen_and_renders_the_whole_image(tmp_path):
+    from omegaconf import OmegaConf
+
+    from src.modules.sr_module import TemporalSRModule
+
+    torch.manual_seed(0)
+    published = StyleGAN2Decoder(128, style_dim=64, num_mlp=2, channel_multiplier=1, narrow=1 / 16)
+    torch.save({"params_ema": {f"stylegan_decoder.{k}": v for k, v in published.state_dict().items()}},
+               tmp_path / "prior.pth")
+    cfg = OmegaConf.to_container(compose("sr", ["model=tiny", f"sr.prior={tmp_path / 'prior.pth'}"]), resolve=True)
+    module = TemporalSRModule(cfg, total_steps=1)
+    assert module.hparams.cfg["model"]["sr"]["residual"] is False  # stored, so upscale builds the same network
+    assert not any(p.requires_grad for p in module.net.decoder.parameters())
+    assert torch.equal(module.net.decoder.to_rgbs[-1].modulated_conv.weight, published.to_rgbs[-1].modulated_conv.weight)
+    trainable = [p for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]]
+    assert trainable and all(p.requires_grad for p in trainable)
 
 
 def test_warping_error_sees_flicker_but_not_motion(fixtures_dir):

@@ -7,8 +7,11 @@
 After every encoder and decoder block, each frame's features are mixed with its neighbours' (frames t-1,
 t, t+1 concatenated, two 3x3 convolutions, the last zero-initialised, added as a residual): at
 initialisation the network is exactly its per-frame path, and training learns how much to share.
-With `residual` the decoder's RGB is a correction to the bicubic upsampling, scaled by a gain that starts
-at 0, so an untrained model is exactly bicubic (useful when the prior trains from scratch).
+With `residual` (for a decoder trained from scratch) the decoder's RGB is a correction added to the bicubic
+upsampling, and every ToRGB head starts at zero: an untrained model is exactly bicubic, and each head still
+gets a gradient from its (non-zero) features on the first step. A scalar output gain starting at 0 would not:
+its gradient is the correlation of a random decoder's output with the error, so training sits near bicubic
+for hundreds of steps. A loaded prior outputs whole images, so it is used with `residual: false`.
 """
 from __future__ import annotations
 
@@ -92,7 +95,9 @@ class TemporalSR(nn.Module):
         self.condition_shift = nn.ModuleList(_sft_head(ch[r], s, 0.0) for r, s in zip(ups, sft))
         self.enc_mix = nn.ModuleList(TemporalMix(ch[r // 2]) for r in sizes[:-1]) if cfg.temporal else None
         self.dec_mix = nn.ModuleList(TemporalMix(ch[r]) for r in ups) if cfg.temporal else None
-        self.residual_gain = nn.Parameter(torch.zeros(1)) if cfg.residual else None
+        if cfg.residual:
+            for head in [self.decoder.to_rgb1, *self.decoder.to_rgbs]:
+                nn.init.zeros_(head.modulated_conv.weight)  # biases start at 0 already
 
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, S/2, S/2) in [0, 1] -> (B, T, 3, S, S)."""
@@ -114,7 +119,7 @@ class TemporalSR(nn.Module):
             conditions.append((self.condition_scale[i](feat), self.condition_shift[i](feat)))
         mix = (lambda f, level: self.dec_mix[level](f, t)) if self.dec_mix is not None else None
         rgb = self.decoder(latent, conditions, mix)
-        out = base + self.residual_gain * rgb * 0.5 if self.residual_gain is not None else (rgb + 1) * 0.5
+        out = base + rgb * 0.5 if self.cfg.residual else (rgb + 1) * 0.5
         return out.view(b, t, *out.shape[1:])
 
 

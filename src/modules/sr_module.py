@@ -34,6 +34,10 @@ def _uint8(frames: torch.Tensor) -> np.ndarray:
 class TemporalSRModule(L.LightningModule):
     def __init__(self, cfg: dict, total_steps: int | None = None):
         super().__init__()
+        if cfg["sr"].get("prior") and cfg["model"]["sr"].get("residual"):
+            # a published decoder renders whole faces, not corrections to bicubic: it cannot be a residual branch
+            log.info("sr.prior is set: model.sr.residual switched off (the prior renders the whole image)")
+            cfg = {**cfg, "model": {**cfg["model"], "sr": {**cfg["model"]["sr"], "residual": False}}}
         self.save_hyperparameters({"cfg": cfg, "total_steps": total_steps})
         self.cfg = OmegaConf.create(cfg)
         self.net = build_sr(self.cfg.model)

@@ -68,6 +68,16 @@ def read_record(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"stages": {}}
 
 
+def record_of_checkpoint(ckpt: Path) -> dict:
+    """The stages.json of the run a checkpoint came from: the nearest one among its parent folders that
+    names it (stage-1 checkpoints sit one folder deeper, under refine/), or an empty record."""
+    for folder in list(Path(ckpt).resolve().parents)[:4]:
+        record = read_record(folder)
+        if any(Path(e.get("checkpoint", "")).resolve() == Path(ckpt).resolve() for e in record["stages"].values()):
+            return record
+    return {"stages": {}}
+
+
 def record_stage(folder: Path, stage: str, **fields) -> dict:
     """Update this stage's entry in folder/stages.json (atomically) and return the whole record."""
     record = read_record(folder)

@@ -10,14 +10,15 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from data_modules.voxceleb2 import VoxCeleb2DataModule
-from src.stages.common import fit, latest_generator_checkpoint, load_weights, read_record, record_stage, stage_cfg, write_json
+from src.stages.common import (fit, latest_generator_checkpoint, load_weights, read_record, record_of_checkpoint,
+                               record_stage, stage_cfg, write_json)
 
 
 def resolve_init(cfg: DictConfig) -> tuple[Path, dict]:
-    """The checkpoint to start from and the record of the run that produced it (empty for an explicit path)."""
+    """The checkpoint to start from and the record of the run that produced it (empty if it has none)."""
     if cfg.meta.init:
         path = Path(cfg.meta.init)
-        record = read_record(path.parent.parent.parent) if path.parent.name == "checkpoints" else {"stages": {}}
+        record = record_of_checkpoint(path)
         return path, record
     ckpt, record_path = latest_generator_checkpoint(cfg.output_root, ("refine",))
     return ckpt, read_record(record_path.parent)

@@ -16,13 +16,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
-from src.stages.common import fit, latest_generator_checkpoint, read_record, record_stage, stage_cfg, write_json
+from src.stages.common import (fit, latest_generator_checkpoint, read_record, record_of_checkpoint, record_stage,
+                               stage_cfg, write_json)
 
 
 def resolve_base(cfg: DictConfig) -> tuple[Path, dict]:
     if cfg.sr.init_base:
         path = Path(cfg.sr.init_base)
-        return path, read_record(path.parent.parent) if path.parent.name == "checkpoints" else {"stages": {}}
+        return path, record_of_checkpoint(path)
     ckpt, record_path = latest_generator_checkpoint(cfg.output_root, ("meta", "refine"))
     return ckpt, read_record(record_path.parent)
 
