@@ -19,7 +19,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install test demo sample preprocess stage1 meta sr personalize upscale train bench bench-personalize clean distclean
+.PHONY: help install test demo sample preprocess stage1 meta sr personalize upscale animate train bench bench-personalize clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,10 @@ sr: install ## temporal super-resolution: LQ renders by the latest stage-1/meta 
 
 upscale: install ## x2 a frame folder or video: make upscale CKPT=sr.ckpt INPUT=frames_or.mp4 OUTPUT=out_dir_or.mp4
 	$(PY) -m src.upscale --checkpoint $(CKPT) --input $(INPUT) --output $(OUTPUT) $(ARGS)
+
+animate: install ## drive a portrait with a video: make animate SOURCE=face.jpg DRIVING=talk.mp4 CKPT=gen.ckpt [OUT=...] [ARGS="--sr-checkpoint sr.ckpt --paste-back"]
+	@test -n "$(SOURCE)" -a -n "$(DRIVING)" -a -n "$(CKPT)" || { echo "usage: make animate SOURCE=image_or_video DRIVING=video.mp4 CKPT=generator.ckpt [OUT=out.mp4]" >&2; exit 2; }
+	$(PY) -m src.animate --checkpoint $(CKPT) --source $(SOURCE) --driving $(DRIVING) --output $(or $(OUT),outputs/animations/$(basename $(notdir $(SOURCE)))_$(basename $(notdir $(DRIVING))).mp4) $(ARGS)
 
 personalize: install ## adapt to a person: make personalize VIDEO=me.mp4 CKPT=meta.ckpt [OUT=me.ckpt] [ARGS="--steps 300"]
 	@test -n "$(VIDEO)" -a -n "$(CKPT)" || { echo "usage: make personalize VIDEO=path/to/video.mp4 CKPT=path/to/generator.ckpt [OUT=...]" >&2; exit 2; }

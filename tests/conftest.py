@@ -86,3 +86,22 @@ def shards(tmp_path_factory, preprocess_input) -> Path:
     out = tmp_path_factory.mktemp("shards")
     run(["--input", str(preprocess_input), "--output", str(out), *PREPROCESS_ARGS])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_ckpt(tmp_path_factory) -> Path:
+    """A refine-stage checkpoint of a randomly initialised `tiny` generator (64 px, 128-D dlib identity):
+    the format every generator consumer reads, at test speed."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from src.config import compose
+    from src.models.generator import build_generator
+
+    cfg = OmegaConf.to_container(compose("refine", ["model=tiny"]), resolve=True)
+    torch.manual_seed(0)
+    gen = build_generator(OmegaConf.create(cfg["model"]), 128)
+    path = tmp_path_factory.mktemp("base") / "refine.ckpt"
+    torch.save({"state_dict": {f"generator.{k}": v for k, v in gen.state_dict().items()},
+                "hyper_parameters": {"cfg": cfg, "id_dim": 128}}, path)
+    return path

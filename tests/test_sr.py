@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 
 from src import train, upscale
 from src.config import compose
-from src.models.generator import build_generator
 from src.modules.sr_module import TemporalSRModule
 from src.video_io import probe, read_audio, write_video
 
@@ -58,28 +57,17 @@ def test_padded_frames_do_not_count(fixtures_dir):
     assert torch.isclose(module.model_step(spoiled)[0], module.model_step(first3)[0], rtol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    cfg = OmegaConf.to_container(compose("refine", ["model=tiny"]), resolve=True)
-    torch.manual_seed(0)
-    gen = build_generator(OmegaConf.create(cfg["model"]), 128)
-    path = tmp_path_factory.mktemp("base") / "refine.ckpt"
-    torch.save({"state_dict": {f"generator.{k}": v for k, v in gen.state_dict().items()},
-                "hyper_parameters": {"cfg": cfg, "id_dim": 128}}, path)
-    return path
-
-
 @pytest.mark.slow
-def test_sr_stage_renders_lq_trains_and_upscales(shards, tiny_base, tmp_path, capsys):
+def test_sr_stage_renders_lq_trains_and_upscales(shards, tiny_generator_ckpt, tmp_path, capsys):
     common = ["model=tiny", "logger=disabled", f"data.root={shards}", f"output_root={tmp_path}", "run_name=s",
               "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.max_epochs=1",
               "trainer.enable_progress_bar=false", "sr.window=3"]
-    assert train.main(["sr", *common, "model=demo", f"sr.init_base={tiny_base}"]) == 2
+    assert train.main(["sr", *common, "model=demo", f"sr.init_base={tiny_generator_ckpt}"]) == 2
     assert "renders 64x64 frames but this SR model" in capsys.readouterr().err
-    assert train.main(["sr", *common, f"sr.init_base={tiny_base}"]) == 0
+    assert train.main(["sr", *common, f"sr.init_base={tiny_generator_ckpt}"]) == 0
     run = tmp_path / "sr" / "s"
     record = json.loads((run / "stages.json").read_text())["stages"]["sr"]
-    assert record["status"] == "done" and record["init"] == str(tiny_base) and record["lq"] == "base"
+    assert record["status"] == "done" and record["init"] == str(tiny_generator_ckpt) and record["lq"] == "base"
     lq_manifest = json.loads((run / "lq_shards" / "manifest.json").read_text())
     source = json.loads((shards / "manifest.json").read_text())
     with_512 = sum(c["has_sr"] for c in source["clips"])
@@ -111,7 +99,7 @@ def test_sr_stage_renders_lq_trains_and_upscales(shards, tiny_base, tmp_path, ca
     cv2.imwrite(str(big / "a.png"), np.zeros((80, 80, 3), np.uint8))
     assert upscale.main(["--checkpoint", str(ckpt), "--input", str(big), "--output", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
-    assert upscale.main(["--checkpoint", str(tiny_base), "--input", str(frames_dir), "--output", str(tmp_path / "y")]) == 2
+    assert upscale.main(["--checkpoint", str(tiny_generator_ckpt), "--input", str(frames_dir), "--output", str(tmp_path / "y")]) == 2
 
 
 def test_ema_averages_swaps_for_validation_and_round_trips():

@@ -19,12 +19,17 @@ class TalkingHeadGenerator(nn.Module):
         self.refiner = IdentityRefiner(refiner_cfg)
 
     def forward(self, source: torch.Tensor, source_lmk: torch.Tensor, driving_lmk: torch.Tensor,
-                identity: torch.Tensor, gaze: torch.Tensor, mouth_mask: torch.Tensor, refine: bool = True) -> dict:
+                identity: torch.Tensor, gaze: torch.Tensor, mouth_mask: torch.Tensor, refine: bool = True,
+                source_feats: list[torch.Tensor] | None = None) -> dict:
         out = self.warper(source, source_lmk, driving_lmk)
         if refine:
             out["output"] = self.refiner(source, identity, out["flow"], out["occlusion"], gaze, source_lmk,
-                                         driving_lmk, mouth_mask, warped=out["warped"])
+                                         driving_lmk, mouth_mask, warped=out["warped"], source_feats=source_feats)
         return out
+
+    def source_features(self, source: torch.Tensor) -> list[torch.Tensor]:
+        """The refiner's feature pyramid of the source: compute once, pass as `source_feats` for every frame."""
+        return self.refiner.pyramid(source)
 
 
 def warp_config(model_cfg) -> WarpConfig:

@@ -77,10 +77,16 @@ class IdentityRefiner(nn.Module):
 
     def forward(self, source: torch.Tensor, identity: torch.Tensor, flow: torch.Tensor, occlusion: torch.Tensor,
                 gaze: torch.Tensor, source_lmk: torch.Tensor, driving_lmk: torch.Tensor,
-                mouth_mask: torch.Tensor, warped: torch.Tensor | None = None) -> torch.Tensor:
+                mouth_mask: torch.Tensor, warped: torch.Tensor | None = None,
+                source_feats: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """`source_feats`: self.pyramid(source), precomputed once when one source drives many frames (a batch
+        of one is broadcast to the batch)."""
         guide = torch.cat([occlusion, gaze, source_lmk, driving_lmk, driving_lmk * mouth_mask], 1)
+        if source_feats is None:
+            source_feats = self.pyramid(source)
         conds = []
-        for feat in self.pyramid(source):
+        for feat in source_feats:
+            feat = feat.expand(len(flow), -1, -1, -1)
             g = F.interpolate(guide, size=feat.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
             conds.append(torch.cat([warp(feat, flow), g], 1))
         identity = F.normalize(identity, dim=1)

@@ -1,0 +1,146 @@
+"""python -m src.animate on real portraits and real driving clips (tiny random-weight generator: the
+pipeline, not the picture quality, is under test)."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from src import animate
+from src.faces.motion import inter_ocular, transfer_motion
+from src.video_io import probe, read_audio, read_frames, write_video
+
+
+@pytest.fixture(scope="module")
+def driving_clip(fixtures_dir):
+    return sorted((fixtures_dir / "voxceleb2_mini" / "test" / "mp4").glob("*/*/*.mp4"))[0]
+
+
+@pytest.fixture(scope="module")
+def portrait(fixtures_dir):
+    return fixtures_dir / "portraits" / "portrait_a.jpg"
+
+
+def run(capsys, *args) -> tuple[int, dict | None, str]:
+    code = animate.main([*map(str, args), "--quiet"])
+    out, err = capsys.readouterr()
+    # insightface's download attempt may print before the summary: the summary is the JSON at the end
+    return code, (json.loads(out[out.index('{\n "output"'):]) if code == 0 else None), err
+
+
+def test_animate_end_to_end_keeps_frames_fps_and_audio(tiny_generator_ckpt, portrait, driving_clip, tmp_path, capsys):
+    out = tmp_path / "a.mp4"
+    code, summary, _ = run(capsys, "--checkpoint", tiny_generator_ckpt, "--source", portrait, "--driving", driving_clip,
+                           "--output", out, "--batch-size", "16")
+    assert code == 0
+    src, dst = probe(driving_clip), probe(out)
+    assert dst.frames == src.frames == summary["frames"]
+    assert abs(dst.fps - src.fps) < 1e-3
+    assert (dst.width, dst.height) == (64, 64)  # the tiny preset's resolution
+    audio_in, audio_out = read_audio(driving_clip), read_audio(out)
+    assert audio_in is not None and audio_out is not None
+    assert abs(audio_out[0].shape[1] / audio_out[1] - audio_in[0].shape[1] / audio_in[1]) < 0.1  # same duration
+    assert summary["driving_frames_face_lost"] == 0 and summary["faces_in_source"] == 1
+    # an existing output is kept unless --overwrite
+    before = out.read_bytes()
+    code, _, err = run(capsys, "--checkpoint", tiny_generator_ckpt, "--source", portrait, "--driving", driving_clip,
+                       "--output", out)
+    assert code == 2 and "--overwrite" in err and out.read_bytes() == before
+
+
+def test_source_features_are_computed_once_and_match_per_frame_generation(tiny_generator_ckpt, portrait,
+                                                                          driving_clip, monkeypatch):
+    """Batch generation with cached source features equals running the generator frame by frame."""
+    import torch
+
+    from src.faces.identity import make_embedder
+    from src.modules.personalize_module import load_generator
+
+    gen, cfg, _ = load_generator(tiny_generator_ckpt)
+    source = animate.prepare_source(portrait, 64, make_embedder("dlib"))
+    lms = animate.prepare_driving(driving_clip, 64).landmarks[:5]
+    calls = []
+    original = gen.refiner.pyramid.forward
+    monkeypatch.setattr(gen.refiner.pyramid, "forward", lambda x: calls.append(len(x)) or original(x))
+    batched = animate.generate(gen, source, lms, torch.device("cpu"), batch_size=4, progress=False)
+    assert calls == [1]  # one pyramid pass for 5 frames in 2 batches
+    one_by_one = [animate.generate(gen, source, lms[i : i + 1], torch.device("cpu"), 1, progress=False)[0] for i in range(5)]
+    assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(batched, one_by_one)) <= 1
+
+
+def test_relative_motion_keeps_the_source_face_shape_absolute_adopts_the_driver(tiny_generator_ckpt, portrait,
+                                                                                  driving_clip, tmp_path, capsys):
+    # a source with a narrower face than the driver's: the real portrait squeezed to 0.6 of its width
+    narrow = tmp_path / "narrow.png"
+    cv2.imwrite(str(narrow), cv2.resize(cv2.imread(str(portrait)), None, fx=0.6, fy=1.0, interpolation=cv2.INTER_AREA))
+    short = write_video(tmp_path / "short.mp4", read_frames(driving_clip)[:30], fps=25)
+    common = ["--checkpoint", tiny_generator_ckpt, "--source", narrow, "--driving", short]
+    _, rel, _ = run(capsys, *common, "--output", tmp_path / "rel.mp4", "--motion", "relative", "--paste-back")
+    _, ab, _ = run(capsys, *common, "--output", tmp_path / "abs.mp4", "--motion", "absolute")
+    src_iod, drv_iod = rel["inter_ocular"]["source"], rel["inter_ocular"]["driving_mean"]
+    assert drv_iod > 1.08 * src_iod  # the driver really has wider-set eyes (relative to the head)
+    assert abs(rel["inter_ocular"]["used_mean"] - src_iod) < 0.25 * (drv_iod - src_iod)
+    assert abs(ab["inter_ocular"]["used_mean"] - drv_iod) < 1e-6
+    # paste-back: the whole source picture, the face replaced
+    picture = cv2.imread(str(narrow))
+    assert rel["size"] == [picture.shape[1] // 2 * 2, picture.shape[0] // 2 * 2]
+    assert probe(tmp_path / "rel.mp4").frames == 30
+
+
+def test_transfer_motion_on_real_landmarks(portrait, driving_clip):
+    from src.faces.identity import make_embedder
+
+    src = animate.prepare_source(portrait, 64, make_embedder("dlib"))
+    drv = animate.prepare_driving(driving_clip, 64).landmarks
+    rel = transfer_motion(src.landmarks, drv, "relative")
+    np.testing.assert_allclose(rel[0], src.landmarks, atol=1e-5)  # frame 0: exactly the source
+    motion_drv = np.linalg.norm(drv[1:, :468, :2] - drv[:1, :468, :2], axis=-1).mean()
+    motion_rel = np.linalg.norm(rel[1:, :468, :2] - rel[:1, :468, :2], axis=-1).mean()
+    assert motion_drv > 0 and 0.5 < motion_rel / motion_drv < 2.0  # the driver's motion, at the source's scale
+    assert np.allclose(transfer_motion(src.landmarks, drv, "absolute"), drv)
+    with pytest.raises(ValueError):
+        transfer_motion(src.landmarks, drv, "sideways")
+    assert inter_ocular(rel).shape == (len(drv),)
+
+
+def test_bad_inputs_give_clear_messages_and_no_partial_output(tiny_generator_ckpt, portrait, driving_clip, tmp_path,
+                                                              capsys, fixtures_dir):
+    out = tmp_path / "o.mp4"
+    base = ["--driving", driving_clip, "--output", out]
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((300, 300, 3), 128, np.uint8))
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    cases = [
+        (["--checkpoint", tiny_generator_ckpt, "--source", blank], "no face found"),
+        (["--checkpoint", tiny_generator_ckpt, "--source", tmp_path / "junk.jpg"], "not a readable image"),
+        (["--checkpoint", tiny_generator_ckpt, "--source", tmp_path / "missing.jpg"], "does not exist"),
+        (["--checkpoint", portrait, "--source", portrait], "not a readable checkpoint"),
+    ]
+    for args, message in cases:
+        code, _, err = run(capsys, *args, *base)
+        assert code == 2 and message in err, (args, err)
+    code, _, err = run(capsys, "--checkpoint", tiny_generator_ckpt, "--source", portrait, "--driving", blank.with_suffix(".mp4"),
+                       "--output", out)
+    assert code == 2 and "does not exist" in err
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+
+
+def test_several_faces_and_lost_frames_are_reported(tiny_generator_ckpt, fixtures_dir, driving_clip, tmp_path, capsys):
+    a = cv2.imread(str(fixtures_dir / "portraits" / "portrait_a.jpg"))
+    b = cv2.imread(str(fixtures_dir / "portraits" / "portrait_b.jpg"))
+    b = cv2.resize(b, None, fx=0.6 * a.shape[0] / b.shape[0], fy=0.6 * a.shape[0] / b.shape[0])  # the smaller face
+    two = np.full((max(a.shape[0], b.shape[0]), a.shape[1] + b.shape[1], 3), 255, np.uint8)
+    two[: a.shape[0], : a.shape[1]] = a
+    two[: b.shape[0], a.shape[1] :] = b
+    cv2.imwrite(str(tmp_path / "two.jpg"), two)
+    frames = read_frames(driving_clip)[:24].copy()
+    frames[10:14] = 0  # four black frames: the face is lost there
+    gappy = write_video(tmp_path / "gappy.mp4", frames, fps=25)
+    code, summary, err = run(capsys, "--checkpoint", tiny_generator_ckpt, "--source", tmp_path / "two.jpg",
+                             "--driving", gappy, "--output", tmp_path / "o.mp4")
+    assert code == 0
+    assert "2 faces" in err and "using the largest" in err and summary["faces_in_source"] == 2
+    assert summary["driving_frames_face_lost"] == 4 and "lost on 4 of 24" in err
+    assert summary["frames"] == 24 and not summary["audio"]
