@@ -19,7 +19,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install test demo sample preprocess stage1 meta sr personalize upscale animate train bench bench-personalize clean distclean
+.PHONY: help install test demo sample preprocess stage1 meta sr personalize upscale animate evaluate train bench bench-personalize clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,6 +65,10 @@ upscale: install ## x2 a frame folder or video: make upscale CKPT=sr.ckpt INPUT=
 animate: install ## drive a portrait with a video: make animate SOURCE=face.jpg DRIVING=talk.mp4 CKPT=gen.ckpt [OUT=...] [ARGS="--sr-checkpoint sr.ckpt --paste-back"]
 	@test -n "$(SOURCE)" -a -n "$(DRIVING)" -a -n "$(CKPT)" || { echo "usage: make animate SOURCE=image_or_video DRIVING=video.mp4 CKPT=generator.ckpt [OUT=out.mp4]" >&2; exit 2; }
 	$(PY) -m src.animate --checkpoint $(CKPT) --source $(SOURCE) --driving $(DRIVING) --output $(or $(OUT),outputs/animations/$(basename $(notdir $(SOURCE)))_$(basename $(notdir $(DRIVING))).mp4) $(ARGS)
+
+evaluate: install ## metrics + baselines on shards: make evaluate CKPT=gen.ckpt [DATA=shards] [ARGS="--mode cross-identity"]
+	@test -n "$(CKPT)" || { echo "usage: make evaluate CKPT=generator.ckpt [DATA=preprocessed shards] [OUT=dir]" >&2; exit 2; }
+	$(PY) -m src.evaluate --checkpoint $(CKPT) --data $(or $(DATA),$(DATA_ROOT)/sample_shards) --output $(or $(OUT),outputs/evaluation) $(ARGS)
 
 personalize: install ## adapt to a person: make personalize VIDEO=me.mp4 CKPT=meta.ckpt [OUT=me.ckpt] [ARGS="--steps 300"]
 	@test -n "$(VIDEO)" -a -n "$(CKPT)" || { echo "usage: make personalize VIDEO=path/to/video.mp4 CKPT=path/to/generator.ckpt [OUT=...]" >&2; exit 2; }
