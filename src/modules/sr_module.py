@@ -102,6 +102,8 @@ class TemporalSRModule(L.LightningModule):
         if batch_idx == 0:
             k = min(4, t)
             self.last_val_images = {"input_bicubic": bicubic[:k], "output": out.flatten(0, 1)[:k].detach(), "target": target[:k]}
+            keep = batch["valid"][0]  # the first window as a clip (callbacks/media.py writes the mp4)
+            self.last_val_video = {"input_bicubic": bicubic[:t][keep], "output": out[0][keep].detach(), "target": batch["hq"][0][keep]}
 
     def on_validation_epoch_end(self) -> None:
         for name in ("sr", "bicubic"):

@@ -9,12 +9,21 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks.image_grid import ValidationImageGrid
+from callbacks.handoff import CheckpointHandoff
+from callbacks.media import MediaLogger
+from callbacks.throughput import ThroughputMonitor
 from src.errors import UserError
 from src.trainer import build_trainer
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Atomic JSON write, from rank 0 only: under DDP every rank runs the stage runners, and a rank that is
+    behind must not write back an older copy of a record that rank 0's trainer has just updated."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
@@ -46,13 +55,19 @@ def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: st
     return len(source)
 
 
-def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | None = None, callbacks=None):
-    """fit with resume: a `last.ckpt` in this stage's folder means an interrupted run to continue."""
+def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | None = None, callbacks=None,
+        record: tuple[Path, str] | None = None):
+    """fit with resume: a `last.ckpt` in this stage's folder means an interrupted run to continue.
+    record=(folder, stage): the stages.json entry the trainer keeps up to date (callbacks/handoff.py);
+    by default run_dir/stages.json under the config's stage name."""
     last = run_dir / "checkpoints" / "last.ckpt"
     overrides = {"gradient_clip_val": None}  # manual optimisation clips inside the modules
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
-    trainer = build_trainer(cfg, run_dir, callbacks=[ValidationImageGrid(run_dir / "media"), *(callbacks or [])], **overrides)
+    record_dir, stage = record or (run_dir, cfg.stage)
+    callbacks = [MediaLogger(run_dir / "media"), ThroughputMonitor(), CheckpointHandoff(record_dir, stage, last),
+                 *(callbacks or [])]
+    trainer = build_trainer(cfg, run_dir, callbacks=callbacks, **overrides)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None, weights_only=True)
     return trainer, last
 

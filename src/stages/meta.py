@@ -46,8 +46,5 @@ def run_meta(cfg: DictConfig, run_dir: Path) -> Path:
         record["stages"] = {**upstream["stages"], **record["stages"]}
         write_json(run_dir / "stages.json", record)
     record_stage(run_dir, "meta", status="running", run_dir=str(run_dir), init=str(init) if init else None)
-    fit(module, cfg, run_dir, dm)
-    import time
-
-    record_stage(run_dir, "meta", status="done", checkpoint=str(last), finished=time.time())
+    _, last = fit(module, cfg, run_dir, dm, record=(run_dir, "meta"))  # the trainer records `done` (handoff)
     return last

@@ -10,7 +10,6 @@ lineage (base checkpoint -> sr).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -64,6 +63,5 @@ def run_sr(cfg: DictConfig, run_dir: Path) -> Path:
     steps = cfg.trainer.max_steps if cfg.trainer.max_steps and cfg.trainer.max_steps > 0 else None
     module = TemporalSRModule(stage_cfg(cfg, "sr"), total_steps=steps)
     record_stage(run_dir, "sr", status="running", run_dir=str(run_dir), init=str(base) if base else None, lq=cfg.sr.lq)
-    _, last = fit(module, cfg, run_dir, dm, callbacks=[EMA(cfg.sr.ema_decay)])
-    record_stage(run_dir, "sr", status="done", checkpoint=str(last), finished=time.time())
-    return last
+    _, last = fit(module, cfg, run_dir, dm, callbacks=[EMA(cfg.sr.ema_decay)], record=(run_dir, "sr"))
+    return last  # the trainer records `done` in stages.json (callbacks/handoff.py)

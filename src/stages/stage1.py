@@ -7,26 +7,26 @@ checkpoint fed which stage.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from data_modules.voxceleb2 import VoxCeleb2DataModule
-from src.stages.common import fit, load_weights, stage_cfg, write_json  # noqa: F401  (load_weights: re-export)
+from src.stages.common import fit, load_weights, read_record, stage_cfg, write_json  # noqa: F401  (load_weights: re-export)
 
 
-def run_warp(cfg: DictConfig, run_dir: Path, max_epochs: int | None = None) -> Path:
+def run_warp(cfg: DictConfig, run_dir: Path, max_epochs: int | None = None, record=None) -> Path:
     from src.modules.warping_module import WarpingModule
 
     dm = VoxCeleb2DataModule.from_config(cfg)
     module = WarpingModule(stage_cfg(cfg, "warp"), dm.id_dim)
-    _, last = fit(module, cfg, run_dir, dm, max_epochs)
+    _, last = fit(module, cfg, run_dir, dm, max_epochs, record=record)
     return last
 
 
-def run_refine(cfg: DictConfig, run_dir: Path, init: str | None = None, max_epochs: int | None = None) -> Path:
+def run_refine(cfg: DictConfig, run_dir: Path, init: str | None = None, max_epochs: int | None = None,
+               record=None) -> Path:
     from src.modules.refiner_module import RefinerModule
 
     dm = VoxCeleb2DataModule.from_config(cfg)
@@ -34,17 +34,17 @@ def run_refine(cfg: DictConfig, run_dir: Path, init: str | None = None, max_epoc
     init = init or cfg.refine.init
     if init and not (run_dir / "checkpoints" / "last.ckpt").exists():  # warm start only a fresh run
         load_weights(module, init, "warper.", "generator.warper.")
-    _, last = fit(module, cfg, run_dir, dm, max_epochs)
+    _, last = fit(module, cfg, run_dir, dm, max_epochs, record=record)
     return last
 
 
 def run_stage1(cfg: DictConfig, run_dir: Path) -> None:
     """warp, then refine warm-started from the warp weights; resumable; recorded in stages.json."""
     record_path = run_dir / "stages.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"stages": {}}
     plan = [("warp", cfg.stage1.warp_epochs), ("refine", cfg.stage1.refine_epochs)]
     init = None
     for stage, epochs in plan:
+        record = read_record(run_dir)  # fresh: the previous stage's trainer has updated it
         entry = record["stages"].get(stage, {})
         stage_dir = run_dir / stage
         if entry.get("status") == "done":
@@ -55,8 +55,7 @@ def run_stage1(cfg: DictConfig, run_dir: Path) -> None:
         record["stages"][stage] = entry
         write_json(record_path, record)
         stage_cfg = OmegaConf.merge(cfg, {"stage": stage})
-        last = (run_warp(stage_cfg, stage_dir, epochs) if stage == "warp"
-                else run_refine(stage_cfg, stage_dir, init=init, max_epochs=epochs))
-        entry.update(status="done", checkpoint=str(last), finished=time.time())
-        write_json(record_path, record)
+        # the trainer marks the stage `done` in run_dir/stages.json when it ends (callbacks/handoff.py)
+        last = (run_warp(stage_cfg, stage_dir, epochs, record=(run_dir, stage)) if stage == "warp"
+                else run_refine(stage_cfg, stage_dir, init=init, max_epochs=epochs, record=(run_dir, stage)))
         init = str(last)
