@@ -19,7 +19,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install test demo sample preprocess stage1 meta sr personalize upscale animate evaluate train bench bench-personalize clean distclean
+.PHONY: help install test demo sample preprocess stage1 meta sr personalize upscale animate evaluate sweep train bench bench-personalize clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -73,6 +73,10 @@ evaluate: install ## metrics + baselines on shards: make evaluate CKPT=gen.ckpt 
 personalize: install ## adapt to a person: make personalize VIDEO=me.mp4 CKPT=meta.ckpt [OUT=me.ckpt] [ARGS="--steps 300"]
 	@test -n "$(VIDEO)" -a -n "$(CKPT)" || { echo "usage: make personalize VIDEO=path/to/video.mp4 CKPT=path/to/generator.ckpt [OUT=...]" >&2; exit 2; }
 	$(PY) -m src.personalize --checkpoint $(CKPT) --video $(VIDEO) --output $(or $(OUT),outputs/personalized/$(basename $(notdir $(firstword $(VIDEO)))).ckpt) $(ARGS)
+
+SWEEP ?= lightning_configs/sweeps/refine.yaml
+sweep: install ## hyper-parameter sweep: make sweep SWEEP=lightning_configs/sweeps/meta.yaml [COUNT=10] [LOCAL=1] [ARGS="data.root=..."]
+	$(PY) -m src.sweep $(SWEEP) --count $(or $(COUNT),10) $(if $(LOCAL),--local) -- $(ARGS)
 
 train: install ## train one stage: make train STAGE=warp ARGS="key=value ..."
 	$(PY) -m src.train $(STAGE) $(ARGS)

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from src.loggers import build_loggers
@@ -27,6 +28,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback] | No
     the given extra callbacks; keyword overrides win over cfg.trainer."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.update(overrides)
+    if kwargs.get("strategy") == "ddp":
+        # Our buffers are constants (StyleGAN2 noise, the frozen identity net's BatchNorm statistics), synced
+        # once when DDP wraps the model. Re-broadcasting them in every forward is a collective, and a
+        # validation split with fewer clips than ranks leaves a rank with no batch: that rank would never
+        # join it and the run would hang. Metrics are synced at epoch end instead, with any batch counts.
+        kwargs["strategy"] = DDPStrategy(broadcast_buffers=False)
     return L.Trainer(
         default_root_dir=str(run_dir),
         logger=build_loggers(cfg, run_dir),

@@ -112,6 +112,7 @@ def test_validation_adapts_and_logs_the_gain(shards, tmp_path):
     logged = {}
     module.log = lambda name, value, **kw: logged.__setitem__(name, value)  # noqa: E731
     module.validation_step(batch, 0)
+    module.on_validation_epoch_end()  # the running means are reduced and logged here
     assert logged["val/query_loss_after"] < logged["val/query_loss_before"]
     assert logged["val/adapt_gain"] == pytest.approx(logged["val/query_loss_before"] - logged["val/query_loss_after"])
 

@@ -97,7 +97,9 @@ class StyleGAN2Decoder(nn.Module):
         mlp: list[nn.Module] = [NormStyleCode()]
         for _ in range(num_mlp):
             mlp += [nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2)]
-        self.style_mlp = nn.Sequential(*mlp)  # kept for the weight layout; TemporalSR feeds latents directly
+        # kept for the published weight layout only: TemporalSR feeds latents directly, so it gets no gradient
+        # (and must not require one: DDP would report it as an unused parameter)
+        self.style_mlp = nn.Sequential(*mlp).requires_grad_(False)
         self.constant_input = ConstantInput(ch[4])
         self.style_conv1 = StyleConv(ch[4], ch[4], style_dim)
         self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from src.errors import UserError
@@ -34,23 +35,39 @@ class NonFiniteGuard:
 
 
 class ReconstructionMetrics(torch.nn.Module):
-    """PSNR and SSIM of the output, and of the copy-the-source baseline, against the driving frame."""
+    """PSNR and SSIM of the output, and of the copy-the-source baseline, against the driving frame, plus
+    running means of scalars such as the validation loss.
 
-    def __init__(self):
+    Everything is a torchmetrics state, reduced across DDP ranks by `log_to`, which every rank calls from
+    `on_validation_epoch_end`. Logging from validation_step with sync_dist would instead need every rank to
+    have logged: a rank whose share of a small streamed validation split is empty never would, and the
+    others would wait for it forever."""
+
+    def __init__(self, scalars: tuple[str, ...] = ("loss",)):
         super().__init__()
         self.psnr, self.ssim = PeakSignalNoiseRatio(data_range=1.0), StructuralSimilarityIndexMeasure(data_range=1.0)
         self.psnr_copy, self.ssim_copy = PeakSignalNoiseRatio(data_range=1.0), StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.scalars = torch.nn.ModuleDict({k: MeanMetric() for k in scalars})
 
-    def update(self, output: torch.Tensor, source: torch.Tensor, driving: torch.Tensor) -> None:
+    def update(self, output: torch.Tensor, source: torch.Tensor, driving: torch.Tensor, **scalars) -> None:
         output = output.float().clamp(0, 1)
         self.psnr.update(output, driving)
         self.ssim.update(output, driving)
         self.psnr_copy.update(source, driving)
         self.ssim_copy.update(source, driving)
+        self.update_scalars(len(output), **scalars)
 
-    def log_to(self, module: L.LightningModule, prefix: str = "val") -> None:
-        for name in ("psnr", "ssim", "psnr_copy", "ssim_copy"):
-            module.log(f"{prefix}/{name.replace('_copy', '_copy_source')}", getattr(self, name))
+    def update_scalars(self, weight: int, **scalars) -> None:
+        for k, v in scalars.items():
+            self.scalars[k].update(torch.as_tensor(v, dtype=torch.float32).detach(), weight=weight)
+
+    def log_to(self, module: L.LightningModule, prefix: str = "val", prog_bar: tuple[str, ...] = ()) -> None:
+        values = {name.replace("_copy", "_copy_source"): getattr(self, name) for name in ("psnr", "ssim", "psnr_copy", "ssim_copy")}
+        values.update(self.scalars)
+        for name, metric in values.items():
+            # compute() is the cross-rank reduction; the value is then the same on every rank
+            module.log(f"{prefix}/{name}", metric.compute(), prog_bar=name in prog_bar, sync_dist=True)
+            metric.reset()
 
 
 def generator_inputs(batch: dict) -> dict:

@@ -64,7 +64,7 @@ class MetaLearnerModule(L.LightningModule):
         self.discriminator = build_discriminator(self.cfg.model).requires_grad_(False) if m.gan_in_inner_loop else None
         self.perceptual = build_perceptual(self.cfg.loss)
         self.guard = NonFiniteGuard(self)
-        self.val_metrics = ReconstructionMetrics()
+        self.val_metrics = ReconstructionMetrics(scalars=("loss", "query_loss_before", "query_loss_after", "adapt_gain"))
 
     # ---------------------------------------------------------------- losses on (fast) weights
     def task_loss(self, params: dict, batch: dict, t: int, part: str, idx: list[int], gan: bool = False):
@@ -189,12 +189,10 @@ class MetaLearnerModule(L.LightningModule):
                                             "driving_lmk_img": batch["query_lmk_img"][t],
                                             "warped": out["warped"].detach(), "output": out["output"].detach()}
         b, a = sum(before) / n_tasks, sum(after) / n_tasks
-        kw = dict(sync_dist=True, batch_size=n_tasks)
-        self.log("val/query_loss_before", b, **kw)
-        self.log("val/query_loss_after", a, **kw)
-        self.log("val/adapt_gain", b - a, prog_bar=True, **kw)
-        self.log("val/loss", a, **kw)
-        self.val_metrics.log_to(self)
+        self.val_metrics.update_scalars(n_tasks, query_loss_before=b, query_loss_after=a, adapt_gain=b - a, loss=a)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_metrics.log_to(self, prog_bar=("adapt_gain",))
 
     def configure_optimizers(self):
         o = self.cfg.optim

@@ -72,9 +72,10 @@ class PersonalizeModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, out = self.model_step(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["source"]))
-        self.val_metrics.update(out["output"], batch["source"], batch["driving"])
-        self.val_metrics.log_to(self)
+        self.val_metrics.update(out["output"], batch["source"], batch["driving"], loss=loss)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_metrics.log_to(self, prog_bar=("loss",))
 
     def configure_optimizers(self):
         o = self.cfg.optim

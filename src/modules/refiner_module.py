@@ -84,12 +84,13 @@ class RefinerModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         losses, out = self.model_step(batch, adversarial=False)
-        self.log("val/loss", sum(losses.values()), sync_dist=True, batch_size=len(batch["source"]))
-        self.val_metrics.update(out["output"], batch["source"], batch["driving"])
-        self.val_metrics.log_to(self)
+        self.val_metrics.update(out["output"], batch["source"], batch["driving"], loss=sum(losses.values()))
         if batch_idx == 0:
             self.last_val_images = {k: batch[k] for k in ("source", "driving", "driving_lmk_img")}
             self.last_val_images.update(warped=out["warped"].detach(), output=out["output"].detach())
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_metrics.log_to(self)
 
     def configure_optimizers(self):
         o = self.cfg.optim

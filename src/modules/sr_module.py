@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from src.losses.perceptual import VGGPerceptualLoss, build_perceptual
@@ -54,7 +55,9 @@ class TemporalSRModule(L.LightningModule):
         self.total_steps = total_steps
         metrics = lambda cls: torch.nn.ModuleDict({k: cls(data_range=1.0) for k in ("sr", "bicubic")})  # noqa: E731
         self.psnr, self.ssim = metrics(PeakSignalNoiseRatio), metrics(StructuralSimilarityIndexMeasure)
-        self.warp_errors: dict[str, list[float]] = {}
+        # torchmetrics means: summed and counted across DDP ranks, whichever rank saw which windows
+        self.warp_errors = torch.nn.ModuleDict({k: MeanMetric() for k in ("sr", "bicubic", "gt")})
+        self.val_loss = MeanMetric()
 
     def inputs(self, batch: dict) -> torch.Tensor:
         if self.cfg.sr.lq == "bicubic":  # degrade the real high-resolution frames
@@ -83,7 +86,9 @@ class TemporalSRModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, _, out, lq = self.model_step(batch)
-        self.log("val/loss", loss, sync_dist=True, batch_size=batch["hq"].shape[0])
+        # not self.log(sync_dist=True): a rank whose share of a small validation split is empty would never
+        # join that reduction; torchmetrics states are reduced in on_validation_epoch_end on every rank
+        self.val_loss.update(loss.detach(), weight=batch["hq"].shape[0])
         valid = batch["valid"].flatten()
         bicubic = F.interpolate(lq.flatten(0, 1), scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
         target = batch["hq"].flatten(0, 1)
@@ -98,7 +103,7 @@ class TemporalSRModule(L.LightningModule):
             if int(keep.sum()) < 2:
                 continue
             for name, frames in (("sr", out[b]), ("bicubic", bicubic.view(-1, t, *bicubic.shape[1:])[b]), ("gt", batch["hq"][b])):
-                self.warp_errors.setdefault(name, []).append(warping_error(_uint8(frames[keep])))
+                self.warp_errors[name].update(warping_error(_uint8(frames[keep])))
         if batch_idx == 0:
             k = min(4, t)
             self.last_val_images = {"input_bicubic": bicubic[:k], "output": out.flatten(0, 1)[:k].detach(), "target": target[:k]}
@@ -106,14 +111,18 @@ class TemporalSRModule(L.LightningModule):
             self.last_val_video = {"input_bicubic": bicubic[:t][keep], "output": out[0][keep].detach(), "target": batch["hq"][0][keep]}
 
     def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), sync_dist=True)
+        self.val_loss.reset()
         for name in ("sr", "bicubic"):
-            self.log(f"val/psnr{'' if name == 'sr' else '_bicubic'}", self.psnr[name].compute())
-            self.log(f"val/ssim{'' if name == 'sr' else '_bicubic'}", self.ssim[name].compute())
+            self.log(f"val/psnr{'' if name == 'sr' else '_bicubic'}", self.psnr[name].compute(), sync_dist=True)
+            self.log(f"val/ssim{'' if name == 'sr' else '_bicubic'}", self.ssim[name].compute(), sync_dist=True)
             self.psnr[name].reset()
             self.ssim[name].reset()
-        for name, values in self.warp_errors.items():
-            self.log(f"val/warp_error{'' if name == 'sr' else '_' + name}", float(np.mean(values)), sync_dist=True)
-        self.warp_errors = {}
+        for name, metric in self.warp_errors.items():
+            # every rank computes (the sync is a collective), even one that saw no window of >= 2 frames;
+            # the value is then the same on every rank
+            self.log(f"val/warp_error{'' if name == 'sr' else '_' + name}", metric.compute(), sync_dist=True)
+            metric.reset()
 
     def configure_optimizers(self):
         o = self.cfg.optim

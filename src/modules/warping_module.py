@@ -49,12 +49,13 @@ class WarpingModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, out = self.model_step(batch)
-        self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["source"]))
-        self.val_metrics.update(out["warped"], batch["source"], batch["driving"])
-        self.val_metrics.log_to(self)
+        self.val_metrics.update(out["warped"], batch["source"], batch["driving"], loss=loss)
         if batch_idx == 0:
             self.last_val_images = {k: batch[k] for k in ("source", "driving", "driving_lmk_img")}
             self.last_val_images["warped"] = out["warped"].detach()
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_metrics.log_to(self)
 
     def configure_optimizers(self):
         o = self.cfg.optim

@@ -55,12 +55,21 @@ def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: st
     return len(source)
 
 
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest of the stage's `checkpoints/last.ckpt` and the pre-emption checkpoints Lightning writes
+    on SLURM's SIGUSR1 before requeueing (`hpc_ckpt_N.ckpt` in the run folder): a requeued job continues
+    from the later one."""
+    found = [p for p in [Path(run_dir) / "checkpoints" / "last.ckpt", *Path(run_dir).glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | None = None, callbacks=None,
         record: tuple[Path, str] | None = None):
     """fit with resume: a `last.ckpt` in this stage's folder means an interrupted run to continue.
     record=(folder, stage): the stages.json entry the trainer keeps up to date (callbacks/handoff.py);
     by default run_dir/stages.json under the config's stage name."""
     last = run_dir / "checkpoints" / "last.ckpt"
+    resume = resume_checkpoint(run_dir)
     overrides = {"gradient_clip_val": None}  # manual optimisation clips inside the modules
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
@@ -68,7 +77,7 @@ def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | No
     callbacks = [MediaLogger(run_dir / "media"), ThroughputMonitor(), CheckpointHandoff(record_dir, stage, last),
                  *(callbacks or [])]
     trainer = build_trainer(cfg, run_dir, callbacks=callbacks, **overrides)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     return trainer, last
 
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from data_modules.voxceleb2 import VoxCeleb2DataModule
 from src.stages.common import (fit, latest_generator_checkpoint, load_weights, read_record, record_of_checkpoint,
-                               record_stage, stage_cfg, write_json)
+                               record_stage, resume_checkpoint, stage_cfg, write_json)
 
 
 def resolve_init(cfg: DictConfig) -> tuple[Path, dict]:
@@ -34,9 +34,8 @@ def run_meta(cfg: DictConfig, run_dir: Path) -> Path:
         return Path(entry["checkpoint"])
     dm = VoxCeleb2DataModule.from_config(cfg)
     module = MetaLearnerModule(stage_cfg(cfg, "meta"), dm.id_dim)
-    last = run_dir / "checkpoints" / "last.ckpt"
     init = Path(entry["init"]) if entry.get("init") else None
-    if not last.exists():  # a fresh run: warm start (a resumed one has its own weights in last.ckpt)
+    if resume_checkpoint(run_dir) is None:  # a fresh run: warm start (a resumed one has its own weights)
         init, upstream = resolve_init(cfg)
         n = load_weights(module, init, "generator.", "generator.")
         if module.discriminator is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from data_modules.voxceleb2 import VoxCeleb2DataModule
-from src.stages.common import fit, load_weights, read_record, stage_cfg, write_json  # noqa: F401  (load_weights: re-export)
+from src.stages.common import fit, load_weights, read_record, resume_checkpoint, stage_cfg, write_json  # noqa: F401  (load_weights: re-export)
 
 
 def run_warp(cfg: DictConfig, run_dir: Path, max_epochs: int | None = None, record=None) -> Path:
@@ -32,7 +32,7 @@ def run_refine(cfg: DictConfig, run_dir: Path, init: str | None = None, max_epoc
     dm = VoxCeleb2DataModule.from_config(cfg)
     module = RefinerModule(stage_cfg(cfg, "refine"), dm.id_dim)
     init = init or cfg.refine.init
-    if init and not (run_dir / "checkpoints" / "last.ckpt").exists():  # warm start only a fresh run
+    if init and resume_checkpoint(run_dir) is None:  # warm start only a fresh run
         load_weights(module, init, "warper.", "generator.warper.")
     _, last = fit(module, cfg, run_dir, dm, max_epochs, record=record)
     return last

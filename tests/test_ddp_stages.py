@@ -1,0 +1,61 @@
+"""Every training stage through its real entry point (`python -m src.train STAGE`) under 2-process CPU DDP
+(gloo), chained by the orchestrator's records: stage1 (warp -> refine) -> meta -> sr. Also the choice of
+the checkpoint a requeued job resumes from."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from src.stages.common import resume_checkpoint
+from tests.conftest import REPO
+
+
+def _train(stage: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "src.train", stage, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_every_stage_under_ddp(shards, tmp_path):
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "model=tiny", "logger=disabled",
+           f"data.root={shards}", f"output_root={tmp_path}", "trainer.limit_train_batches=2",
+           "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "data.num_workers=0"]
+    runs = [("stage1", ["stage1.warp_epochs=1", "stage1.refine_epochs=1", "run_name=s1"], "s1", ["warp", "refine"]),
+            ("meta", ["trainer.max_epochs=1", "run_name=m"], "m", ["meta"]),
+            ("sr", ["trainer.max_epochs=1", "run_name=sr", "sr.window=3"], "sr", ["sr"])]
+    for stage, extra, name, recorded in runs:
+        r = _train(stage, *ddp, *extra)
+        assert r.returncode == 0, f"{stage}:\n{r.stderr[-4000:]}"
+        record = json.loads((tmp_path / stage / name / "stages.json").read_text())["stages"]
+        for s in recorded:
+            entry = record[s]
+            assert entry["status"] == "done" and entry["global_step"] > 0, (s, entry)
+            ckpt = torch.load(entry["checkpoint"], map_location="cpu", weights_only=True)
+            assert ckpt["global_step"] == entry["global_step"]
+    # the chain: meta started from stage 1's refine output, sr rendered its inputs with the meta output
+    meta = json.loads((tmp_path / "meta" / "m" / "stages.json").read_text())["stages"]
+    sr = json.loads((tmp_path / "sr" / "sr" / "stages.json").read_text())["stages"]
+    assert meta["meta"]["init"] == meta["refine"]["checkpoint"]
+    assert sr["sr"]["init"] == meta["meta"]["checkpoint"] and list(sr) == ["warp", "refine", "meta", "sr"]
+
+
+def test_a_requeued_job_resumes_from_the_newest_checkpoint(tmp_path):
+    assert resume_checkpoint(tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"x")
+    assert resume_checkpoint(tmp_path) == last
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # what Lightning writes on SLURM's SIGUSR1 before requeueing
+    hpc.write_bytes(b"x")
+    os.utime(last, (time.time() - 60, time.time() - 60))
+    assert resume_checkpoint(tmp_path) == hpc
+    os.utime(last, None)
+    os.utime(hpc, (time.time() - 60, time.time() - 60))
+    assert resume_checkpoint(tmp_path) == last
