@@ -79,13 +79,14 @@ def step_personalize(sample: Path, out: Path) -> dict:
 
 
 def step_sr(sample: Path, out: Path) -> dict:
-    """Temporal SR (128 -> 256 at the demo preset) on LQ frames rendered by the demo's meta checkpoint."""
+    """Temporal SR (128 -> 256 at the demo preset) on LQ frames rendered by the demo's meta checkpoint
+    (the first 16 frames of every clip, one epoch: a CPU budget)."""
     from src import train
 
     meta = json.loads((out / "meta" / "demo" / "stages.json").read_text())["stages"]["meta"]["checkpoint"]
     args = ["sr", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
-            f"sr.init_base={meta}", "trainer.max_epochs=2", "sr.window=4", "trainer.log_every_n_steps=5",
-            "optim.lr=5e-4", "data.batch_size=2"]
+            f"sr.init_base={meta}", "sr.lq_max_frames=16", "trainer.max_epochs=1", "sr.window=4",
+            "trainer.log_every_n_steps=5", "optim.lr=5e-4", "data.batch_size=2"]
     if train.main(args) != 0:
         raise UserError("super-resolution failed (see above); re-run `make demo` to resume it")
     header, *rows = (out / "sr" / "demo" / "csv" / "metrics.csv").read_text().splitlines()
@@ -124,7 +125,7 @@ def step_evaluate(sample: Path, out: Path) -> dict:
     folder = out / "evaluation"
     if not (folder / "metrics.json").exists():
         if evaluate.main(["--checkpoint", meta, "--data", "data/sample_shards", "--split", "test",
-                          "--output", str(folder), "--max-frames", "16"]) != 0:
+                          "--output", str(folder), "--max-frames", "8"]) != 0:
             raise UserError("evaluation failed (see above); re-run `make demo` to resume")
     (out / "evaluation.md").write_text((folder / "metrics.md").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())["metrics"]

@@ -129,3 +129,17 @@ def test_ema_averages_swaps_for_validation_and_round_trips():
     restored = EMA()
     restored.load_state_dict(ema.state_dict())
     assert restored.decay == 0.5 and float(restored.shadow["w"]) == pytest.approx(0.5)
+
+
+def test_first_frames_cuts_every_per_frame_array(shards):
+    from litdata import StreamingDataset
+
+    from data_modules.shards import decode_frames, has_hq, num_frames
+    from src.stages.sr_data import first_frames
+
+    item = next(it for it in StreamingDataset(str(shards / "dev")) if has_hq(it))
+    cut = first_frames(item, 5)
+    assert num_frames(cut) == 5 and len(cut["landmarks"]) == len(cut["align"]) == len(cut["frame_index"]) == 5
+    np.testing.assert_array_equal(decode_frames(cut, range(5), hq=True), decode_frames(item, range(5), hq=True))
+    np.testing.assert_array_equal(decode_frames(cut, range(5)), decode_frames(item, range(5)))
+    assert first_frames(item, None) is item and first_frames(item, 10_000) is item

@@ -52,7 +52,7 @@ def run_sr(cfg: DictConfig, run_dir: Path) -> Path:
         record["stages"] = {**upstream["stages"], **record["stages"]}
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "stages.json", record)
-        manifest = render_lq_shards(base, cfg.data.root, run_dir / "lq_shards")
+        manifest = render_lq_shards(base, cfg.data.root, run_dir / "lq_shards", max_frames=cfg.sr.lq_max_frames)
         data_root = str(run_dir / "lq_shards")
         print(f"sr: LQ frames of {sum(s['clips'] for s in manifest['splits'].values())} clips rendered by {base} "
               f"({manifest.get('skipped_without_512', 0)} clips without 512 crops left out)")

@@ -41,9 +41,24 @@ def render_clip(generator, item: dict, resolution: int, device, renderer, batch:
     return out
 
 
+def first_frames(item: dict, n: int | None) -> dict:
+    """The item cut to its first n frames (every per-frame array and both JPEG blobs); unchanged when n is None."""
+    if n is None or n >= len(item["offsets256"]) - 1:
+        return item
+    out = dict(item)
+    for blob, offsets in (("frames256", "offsets256"), ("frames512", "offsets512")):
+        if len(item[offsets]) > 1:
+            out[offsets] = np.asarray(item[offsets][: n + 1])
+            out[blob] = np.frombuffer(item[blob], np.uint8)[: int(out[offsets][-1])].tobytes()
+    for key in ("landmarks", "align", "frame_index"):
+        out[key] = item[key][:n]
+    return out
+
+
 def render_lq_shards(base_checkpoint: str | Path, shards: str | Path, out: str | Path, device="cpu",
-                     splits: list[str] | None = None) -> dict:
-    """Write `out`: the clips of `shards` with 512 crops, low-resolution frames rendered by the base model."""
+                     splits: list[str] | None = None, max_frames: int | None = None) -> dict:
+    """Write `out`: the clips of `shards` with 512 crops, low-resolution frames rendered by the base model
+    (the first `max_frames` frames of each clip when given: a CPU budget)."""
     from litdata import StreamingDataset
 
     from data_modules.shards import has_hq, load_manifest
@@ -60,6 +75,8 @@ def render_lq_shards(base_checkpoint: str | Path, shards: str | Path, out: str |
     resolution = cfg["model"]["resolution"]
     record_path = out / "lq_source.json"
     wanted = {"base_checkpoint": str(base_checkpoint), "shards": str(shards), "resolution": resolution}
+    if max_frames is not None:
+        wanted["max_frames"] = int(max_frames)
     if record_path.exists() and json.loads(record_path.read_text()) != wanted:
         raise UserError(f"{out} holds LQ frames rendered from another base model or data ({record_path}); "
                         f"delete it to render again")
@@ -83,13 +100,14 @@ def render_lq_shards(base_checkpoint: str | Path, shards: str | Path, out: str |
             continue
         if clip["split"] not in datasets:
             datasets[clip["split"]] = StreamingDataset(str(shards / clip["split"]))
-        item = datasets[clip["split"]][clip["index"]]
+        item = first_frames(datasets[clip["split"]][clip["index"]], max_frames)
         if not has_hq(item):
             skipped += 1
             jobs.pop()
             continue
         lq, offsets = _encode(render_clip(generator, item, resolution, device, renderer), 95)
         meta = {k: v for k, v in clip.items() if k != "index"}
+        meta["frames"] = len(item["landmarks"])
         meta["lq"] = {"base_checkpoint": str(base_checkpoint), "resolution": resolution}
         import io
 

@@ -1,0 +1,48 @@
+"""The field's metrics (python -m src.evaluate) for a generator checkpoint next to the two classical
+baselines, same-identity and cross-identity, as one BENCHMARKS.md table.
+
+    python -m benchmarks.eval_metrics --checkpoint outputs/stage1/evidence/refine/checkpoints/last.ckpt \
+        --data outputs/bench/shards_fixtures [--max-frames 16]
+
+The full reports (JSON + Markdown) stay in outputs/bench/evaluation/{same,cross}-identity/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS, save
+
+
+def main(argv=None) -> None:
+    from src import evaluate
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-frames", type=int, default=16)
+    a = p.parse_args(argv)
+    result = {"command": "python -m benchmarks.eval_metrics " + " ".join(argv if argv is not None else sys.argv[1:])}
+    t0 = time.time()
+    for mode in ("same-identity", "cross-identity"):
+        out = RESULTS / "evaluation" / mode
+        rc = evaluate.main(["--checkpoint", a.checkpoint, "--data", a.data, "--split", a.split, "--mode", mode,
+                            "--output", str(out), "--max-frames", str(a.max_frames), "--quiet"])
+        if rc != 0:
+            raise SystemExit(f"src.evaluate failed for {mode}")
+        r = json.loads((out / "metrics.json").read_text())
+        result[f"{mode} pairs"] = f"{r['pairs']} pairs from {r['clips']} clips at {r['resolution']} px"
+        for method, row in r["metrics"].items():
+            result[f"{mode}: {method}"] = row
+        if r["unavailable"]:
+            result[f"{mode}: unavailable"] = r["unavailable"]
+    result["eval_s"] = round(time.time() - t0, 1)
+    save("evaluation", result)
+
+
+if __name__ == "__main__":
+    main()
