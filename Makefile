@@ -97,7 +97,7 @@ bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md (e
 	@if [ -f $(STAGE1_RUN)/stages.json ]; then $(PY) -m benchmarks.eval_stage1 --run $(STAGE1_RUN) --shards $(EVIDENCE_SHARDS); \
 	  $(PY) -m benchmarks.eval_metrics --checkpoint $(STAGE1_RUN)/refine/checkpoints/last.ckpt --data $(EVIDENCE_SHARDS); \
 	else echo "skipped: stage-1 evidence ($(STAGE1_RUN) not found; BENCHMARKS.md says how to train it)"; fi
-	@if [ -f $(SR_RUN)/checkpoints/last.ckpt ]; then $(PY) -m benchmarks.eval_sr --run $(SR_RUN); \
+	@if [ -f $(SR_RUN)/checkpoints/last.ckpt ]; then $(PY) -m benchmarks.eval_sr --run $(SR_RUN) --weights ema; \
 	else echo "skipped: SR evidence ($(SR_RUN) not found; BENCHMARKS.md says how to train it)"; fi
 	@if [ -f $(META_CKPT) ] && [ -f $(STAGE1_CKPT) ]; then $(MAKE) --no-print-directory bench-personalize; \
 	else echo "skipped: adaptation curves ($(META_CKPT) or $(STAGE1_CKPT) not found)"; fi
