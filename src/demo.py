@@ -15,6 +15,13 @@ from pathlib import Path
 from src.errors import UserError, cli_entry
 
 
+def _record(out: Path, stage: str) -> dict:
+    """The stages of the demo's run of `stage` (its stages.json)."""
+    from src.stages.common import read_record
+
+    return read_record(out / stage / "demo")["stages"]
+
+
 def step_sample(sample: Path, out: Path) -> dict:
     from data_modules.sample import Settings, build
 
@@ -41,7 +48,7 @@ def step_stage1(sample: Path, out: Path) -> dict:
             "stage1.warp_epochs=2", "stage1.refine_epochs=2", "trainer.log_every_n_steps=5"]
     if train.main(args) != 0:
         raise UserError("stage 1 failed (see above); re-run `make demo` to resume it")
-    record = json.loads((out / "stage1" / "demo" / "stages.json").read_text())["stages"]
+    record = _record(out, "stage1")
     return {"run": str(out / "stage1" / "demo"), "checkpoints": {k: v["checkpoint"] for k, v in record.items()}}
 
 
@@ -49,13 +56,13 @@ def step_meta(sample: Path, out: Path) -> dict:
     """Meta-learning (reptile) warm-started from the demo's stage-1 generator: a few outer steps."""
     from src import train
 
-    record = json.loads((out / "stage1" / "demo" / "stages.json").read_text())["stages"]
+    record = _record(out, "stage1")
     args = ["meta", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
             f"meta.init={record['refine']['checkpoint']}", "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
             "optim.lr=1e-4"]
     if train.main(args) != 0:
         raise UserError("meta-learning failed (see above); re-run `make demo` to resume it")
-    meta = json.loads((out / "meta" / "demo" / "stages.json").read_text())["stages"]["meta"]
+    meta = _record(out, "meta")["meta"]
     return {"run": str(out / "meta" / "demo"), "checkpoint": meta["checkpoint"], "init": meta["init"]}
 
 
@@ -69,7 +76,7 @@ def step_personalize(sample: Path, out: Path) -> dict:
     report = target.with_suffix(".report.json")
     if not report.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        meta = json.loads((out / "meta" / "demo" / "stages.json").read_text())["stages"]["meta"]["checkpoint"]
+        meta = _record(out, "meta")["meta"]["checkpoint"]
         if personalize.main(["--checkpoint", meta, "--video", str(video), "--output", str(target), "--steps", "30",
                              "--eval-every", "10", "--max-eval-frames", "16", "--overwrite"]) != 0:
             raise UserError("personalization failed (see above); re-run `make demo` to resume it")
@@ -83,7 +90,7 @@ def step_sr(sample: Path, out: Path) -> dict:
     (the first 16 frames of every clip, one epoch: a CPU budget)."""
     from src import train
 
-    meta = json.loads((out / "meta" / "demo" / "stages.json").read_text())["stages"]["meta"]["checkpoint"]
+    meta = _record(out, "meta")["meta"]["checkpoint"]
     args = ["sr", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
             f"sr.init_base={meta}", "sr.lq_max_frames=16", "trainer.max_epochs=1", "sr.window=4",
             "trainer.log_every_n_steps=5", "optim.lr=5e-4", "data.batch_size=2"]
@@ -121,7 +128,7 @@ def step_evaluate(sample: Path, out: Path) -> dict:
     """The meta checkpoint on the held-out test identities, same-identity, next to the two baselines."""
     from src import evaluate
 
-    meta = json.loads((out / "meta" / "demo" / "stages.json").read_text())["stages"]["meta"]["checkpoint"]
+    meta = _record(out, "meta")["meta"]["checkpoint"]
     folder = out / "evaluation"
     if not (folder / "metrics.json").exists():
         if evaluate.main(["--checkpoint", meta, "--data", "data/sample_shards", "--split", "test",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from src.errors import UserError, cli_entry
+from src.preprocess import _atomic_write
 
 METHODS = ("model", "piecewise_affine", "copy_source")
 COLUMNS = [("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"), ("csim", "CSIM ↑"), ("akd", "AKD px ↓"),
@@ -211,12 +211,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m src.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -242,8 +236,8 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     result = evaluate(a)
     a.output.mkdir(parents=True, exist_ok=True)
-    _write(a.output / "metrics.json", json.dumps(result, indent=1))
-    _write(a.output / "metrics.md", markdown(result))
+    _atomic_write(a.output / "metrics.json", json.dumps(result, indent=1).encode())
+    _atomic_write(a.output / "metrics.md", markdown(result).encode())
     print(markdown(result))
     return 0
 

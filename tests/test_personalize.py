@@ -8,27 +8,12 @@ import time
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from src import personalize
-from src.config import compose
 from src.errors import UserError
-from src.models.generator import build_generator
 from src.modules.personalize_module import load_generator
 from src.video_io import probe
 from tests.conftest import REPO, _faceless_video
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A tiny generator checkpoint in the layout Lightning writes for the refine stage (128-D dlib identity)."""
-    cfg = OmegaConf.to_container(compose("refine", ["model=tiny"]), resolve=True)
-    torch.manual_seed(0)
-    gen = build_generator(OmegaConf.create(cfg["model"]), 128)
-    path = tmp_path_factory.mktemp("ckpt") / "refine.ckpt"
-    torch.save({"state_dict": {f"generator.{k}": v for k, v in gen.state_dict().items()},
-                "hyper_parameters": {"cfg": cfg, "id_dim": 128}}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +27,15 @@ def _args(ckpt, video, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def personalized(tiny_checkpoint, clip, tmp_path_factory):
+def personalized(tiny_generator_ckpt, clip, tmp_path_factory):
     out = tmp_path_factory.mktemp("personal") / "me.ckpt"
-    code = personalize.main(_args(tiny_checkpoint, clip, out, "--steps", "12", "--eval-every", "4", "--lr", "1e-3",
+    code = personalize.main(_args(tiny_generator_ckpt, clip, out, "--steps", "12", "--eval-every", "4", "--lr", "1e-3",
                                   "--heldout-fraction", "0.3"))
     assert code == 0
     return out
 
 
-def test_personalize_writes_checkpoint_report_and_preview(personalized, tiny_checkpoint):
+def test_personalize_writes_checkpoint_report_and_preview(personalized, tiny_generator_ckpt):
     out, folder = personalized, personalized.parent
     generator, cfg, id_dim = load_generator(out)  # loadable with weights_only, by the same code as any generator
     assert id_dim == 128 and cfg["model"]["resolution"] == 64
@@ -62,14 +47,14 @@ def test_personalize_writes_checkpoint_report_and_preview(personalized, tiny_che
         h = report["heldout"][when]
         assert h["frames"] == 4 and 5 < h["psnr"] < 60 and 0 < h["ssim"] <= 1 and -1 <= h["identity_similarity"] <= 1
     assert report["heldout_frames"] > 0 and report["train_frames"] > 2 * report["heldout_frames"]
-    start = load_generator(tiny_checkpoint)[0]
+    start = load_generator(tiny_generator_ckpt)[0]
     assert not all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), generator.state_dict().values()))
     preview = probe(folder / "me.preview.mp4")
     assert preview.frames == 4 and preview.width == 3 * 64
     assert not (folder / "me.work" / "checkpoints").exists()  # finished: resume state removed
 
 
-def test_fine_tuning_lowers_the_heldout_loss(personalized, tiny_checkpoint):
+def test_fine_tuning_lowers_the_heldout_loss(personalized, tiny_generator_ckpt):
     from data_modules.personal import PersonalVideoDataModule
     from src.modules.personalize_module import PersonalizeModule
 
@@ -80,27 +65,27 @@ def test_fine_tuning_lowers_the_heldout_loss(personalized, tiny_checkpoint):
                                  heldout_fraction=0.3, id_dim=128)
     dm.setup()
     loss = {}
-    for name, path in (("start", tiny_checkpoint), ("personal", personalized)):
+    for name, path in (("start", tiny_generator_ckpt), ("personal", personalized)):
         gen, cfg, id_dim = load_generator(path)
         loss[name] = personalize.heldout_loss(PersonalizeModule(cfg, id_dim, 1e-3, gen), dm, torch.device("cpu"))
     assert loss["personal"] < loss["start"]
 
 
-def test_existing_output_is_kept_without_overwrite(personalized, tiny_checkpoint, clip):
+def test_existing_output_is_kept_without_overwrite(personalized, tiny_generator_ckpt, clip):
     before = personalized.stat().st_mtime_ns
     with pytest.raises(UserError, match="--overwrite"):
-        personalize.personalize(personalize.parse_args(_args(tiny_checkpoint, clip, personalized, "--steps", "2")))
+        personalize.personalize(personalize.parse_args(_args(tiny_generator_ckpt, clip, personalized, "--steps", "2")))
     assert personalized.stat().st_mtime_ns == before
 
 
-def test_bad_inputs_give_clear_errors_and_write_nothing(tiny_checkpoint, clip, tmp_path):
+def test_bad_inputs_give_clear_errors_and_write_nothing(tiny_generator_ckpt, clip, tmp_path):
     faceless = tmp_path / "noface.mp4"
     _faceless_video(faceless)
     out = tmp_path / "x.ckpt"
     with pytest.raises(UserError, match="no usable face"):
-        personalize.personalize(personalize.parse_args(_args(tiny_checkpoint, faceless, out)))
+        personalize.personalize(personalize.parse_args(_args(tiny_generator_ckpt, faceless, out)))
     with pytest.raises(UserError, match="too few to hold out"):
-        personalize.personalize(personalize.parse_args(_args(tiny_checkpoint, clip, out, "--heldout-fraction", "0.95")))
+        personalize.personalize(personalize.parse_args(_args(tiny_generator_ckpt, clip, out, "--heldout-fraction", "0.95")))
     warp_only = tmp_path / "warp.ckpt"
     torch.save({"state_dict": {"warper.a": torch.zeros(1)}, "hyper_parameters": {"cfg": {}, "id_dim": 128}}, warp_only)
     with pytest.raises(UserError, match="warp-stage checkpoint"):
@@ -110,13 +95,13 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tiny_checkpoint, clip, t
     with pytest.raises(UserError, match="not a readable checkpoint"):
         personalize.personalize(personalize.parse_args(_args(junk, clip, out)))
     assert not out.exists() and not (tmp_path / "x.report.json").exists() and not (tmp_path / "x.preview.mp4").exists()
-    assert personalize.main(_args(tiny_checkpoint, tmp_path / "missing.mp4", out)) == 2
+    assert personalize.main(_args(tiny_generator_ckpt, tmp_path / "missing.mp4", out)) == 2
 
 
 @pytest.mark.slow
-def test_killed_personalization_resumes(tiny_checkpoint, clip, tmp_path):
+def test_killed_personalization_resumes(tiny_generator_ckpt, clip, tmp_path):
     out = tmp_path / "k.ckpt"
-    cmd = [sys.executable, "-m", "src.personalize", *_args(tiny_checkpoint, clip, out, "--steps", "40", "--eval-every", "4")]
+    cmd = [sys.executable, "-m", "src.personalize", *_args(tiny_generator_ckpt, clip, out, "--steps", "40", "--eval-every", "4")]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "k.work" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
