@@ -59,7 +59,7 @@ meta: install ## meta-learning from the latest stage-1 run (or ARGS="meta.init=C
 sr: install ## temporal super-resolution: LQ renders by the latest stage-1/meta model, then training: make sr ARGS="..."
 	$(PY) -m src.train sr $(ARGS)
 
-upscale: install ## x2 a frame folder or video: make upscale CKPT=sr.ckpt INPUT=frames_or.mp4 OUTPUT=out_dir_or.mp4
+upscale: install ## super-resolve a frame folder or video: make upscale CKPT=sr.ckpt INPUT=frames_or.mp4 OUTPUT=out_dir_or.mp4
 	$(PY) -m src.upscale --checkpoint $(CKPT) --input $(INPUT) --output $(OUTPUT) $(ARGS)
 
 animate: install ## drive a portrait with a video: make animate SOURCE=face.jpg DRIVING=talk.mp4 CKPT=gen.ckpt [OUT=...] [ARGS="--sr-checkpoint sr.ckpt --paste-back"]

@@ -45,7 +45,7 @@ def main(argv=None) -> None:
         "command": "python -m benchmarks.eval_sr " + " ".join(argv if argv is not None else sys.argv[1:]),
         "training": json.loads((a.run / "stages.json").read_text())["stages"]["sr"].get("init"),
         "steps": ckpt["global_step"], "weights": a.weights, "split": cfg.data.val_split,
-        "windows": f"{cfg.sr.window} frames, {cfg.data.resolution} -> {2 * cfg.data.resolution}",
+        "windows": f"{cfg.sr.window} frames, {cfg.data.resolution} -> {cfg.model.sr.out_size}",
         # warping errors are ~1e-3: 4 decimals would hide the comparison
         **{k.replace("val/", ""): float(f"{float(v):.5g}") for k, v in sorted(metrics.items())},
         "eval_s": round(time.time() - t0, 1),

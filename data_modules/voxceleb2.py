@@ -53,6 +53,7 @@ class SampleSpec:
     cross_clip: bool = True
     augment: bool = False
     seed: int = 0
+    sr_scale: int = 2            # windows: high-resolution frames at sr_scale x resolution
 
 
 def make_pair(item: dict, spec: SampleSpec, rng: np.random.Generator, aug: ClipAugment | None,
@@ -75,7 +76,7 @@ def make_window(item: dict, spec: SampleSpec, start: int) -> dict:
     n = num_frames(item)
     idx = [min(start + t, n - 1) for t in range(spec.window)]
     lq = decode_frames(item, idx, size=spec.resolution)
-    hq = decode_frames(item, idx, hq=True, size=2 * spec.resolution)
+    hq = decode_frames(item, idx, hq=True, size=spec.sr_scale * spec.resolution)
     return {"lq": _to_tensor(lq), "hq": _to_tensor(hq), "landmarks": torch.from_numpy(item["landmarks"][idx].astype(np.float32)),
             "valid": torch.tensor([start + t < n for t in range(spec.window)]),
             "identity": item["identity"], "key": item["key"], "start": start}
@@ -190,7 +191,7 @@ class VoxCeleb2DataModule(GuidanceDataModule):
                  num_workers: int = 2, train_split: str = "dev", val_split: str = "test", augment: bool = True,
                  samples_per_clip: int = 4, window: int = 6, support: int = 4, query: int = 4,
                  cross_clip: bool = True, id_dim: int | None = None, render: bool = True, seed: int = 0,
-                 edges: str = "contours"):
+                 edges: str = "contours", sr_scale: int = 2):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"data.mode must be one of {', '.join(MODES)}, got '{mode}'")
@@ -198,7 +199,8 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_split, self.val_split = train_split, val_split
         self.render, self.edges = render, edges
-        self.spec = SampleSpec(mode, resolution, samples_per_clip, window, support, query, cross_clip, augment, seed)
+        self.spec = SampleSpec(mode, resolution, samples_per_clip, window, support, query, cross_clip, augment, seed,
+                               sr_scale)
         self.requested_id_dim = id_dim
         self.manifest = load_manifest(self.root)  # cheap JSON; validates the folder early
         self.id_dim = check_id_dim(id_dim, self.manifest)
@@ -210,11 +212,12 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         extra = {}
         if "meta" in cfg:  # episode sizes are the meta stage's settings
             extra.update(support=cfg.meta.support_frames, query=cfg.meta.query_frames)
-        if "sr" in cfg:  # window length is the SR stage's setting
-            extra.update(window=cfg.sr.window)
+        if "sr" in cfg:  # window length is the SR stage's setting, the HQ size the SR model's
+            extra.update(window=cfg.sr.window, sr_scale=cfg.model.sr.get("scale", 2))
         return cls(root=d.root, mode=d.mode, resolution=d.resolution, batch_size=d.batch_size,
                    num_workers=d.num_workers, train_split=d.train_split, val_split=d.val_split,
-                   augment=d.augment, id_dim=cfg.model.id_dim, seed=cfg.seed, **extra)
+                   augment=d.augment, samples_per_clip=d.get("samples_per_clip", 4), id_dim=cfg.model.id_dim, seed=cfg.seed,
+                   **extra)
 
     # ---------------------------------------------------------------------------------------------------
     def identities(self, split: str) -> list[str]:

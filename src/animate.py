@@ -8,7 +8,7 @@ From raw files, with the preprocessing code: the source (an image, or a video's 
 driving frame are face-detected and cropped like the training data, MediaPipe gives their landmarks, and
 the identity embedding of the source is computed with the backend the checkpoint was trained with. The
 source's encoding (crop, landmark image, identity, refiner feature pyramid) is computed once; the driving
-frames go through the generator in batches, then optionally through a temporal SR model (x2), and are
+frames go through the generator in batches, then optionally through a temporal SR model (to 512), and are
 written with the driving clip's audio.
 
 --motion relative (default; for another person's video): the driver's head motion and expressions,
@@ -221,7 +221,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--source", required=True, type=Path, help="portrait image, or a video (its first frame)")
     p.add_argument("--driving", required=True, type=Path, help="driving video")
     p.add_argument("--output", required=True, type=Path, help="the mp4 to write")
-    p.add_argument("--sr-checkpoint", type=Path, default=None, help="a TemporalSR checkpoint (x2 after generation)")
+    p.add_argument("--sr-checkpoint", type=Path, default=None, help="a TemporalSR checkpoint, applied after generation (its input size must be the generator's)")
     p.add_argument("--motion", choices=["relative", "absolute"], default="relative",
                    help="relative: driver's motion on the source's face (default); absolute: driver's landmarks")
     p.add_argument("--paste-back", action="store_true", help="blend the face back into the full source picture")
@@ -255,8 +255,8 @@ def animate(a: argparse.Namespace) -> dict:
         from src.upscale import load_sr
 
         sr, sr_cfg = load_sr(a.sr_checkpoint)
-        if sr.cfg.out_size // 2 != resolution:
-            raise UserError(f"--sr-checkpoint {a.sr_checkpoint} takes {sr.cfg.out_size // 2}px frames but the generator "
+        if sr.cfg.in_size != resolution:
+            raise UserError(f"--sr-checkpoint {a.sr_checkpoint} takes {sr.cfg.in_size}px frames but the generator "
                             f"renders {resolution}px: train SR on this base model's preset")
     source = prepare_source(a.source, resolution, identity_embedder(a.identity_backend, id_dim))
     driving = prepare_driving(a.driving, resolution)

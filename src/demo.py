@@ -86,13 +86,13 @@ def step_personalize(sample: Path, out: Path) -> dict:
 
 
 def step_sr(sample: Path, out: Path) -> dict:
-    """Temporal SR (128 -> 256 at the demo preset) on LQ frames rendered by the demo's meta checkpoint
-    (the first 16 frames of every clip, one epoch: a CPU budget)."""
+    """Temporal SR (128 -> 512, x4, at the demo preset) on LQ frames rendered by the demo's meta checkpoint
+    (the first 8 frames of every clip, two windows of each per epoch, one epoch: a CPU budget)."""
     from src import train
 
     meta = _record(out, "meta")["meta"]["checkpoint"]
     args = ["sr", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
-            f"sr.init_base={meta}", "sr.lq_max_frames=16", "trainer.max_epochs=1", "sr.window=4",
+            f"sr.init_base={meta}", "sr.lq_max_frames=8", "data.samples_per_clip=2", "trainer.max_epochs=1", "sr.window=4",
             "trainer.log_every_n_steps=5", "optim.lr=5e-4", "data.batch_size=2"]
     if train.main(args) != 0:
         raise UserError("super-resolution failed (see above); re-run `make demo` to resume it")

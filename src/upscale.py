@@ -1,4 +1,4 @@
-"""Apply a trained TemporalSR model (x2) to a folder of frames or to a video.
+"""Apply a trained TemporalSR model (x2 at the `full` preset, x4 at `demo`) to a folder of frames or to a video.
 
     python -m src.upscale --checkpoint SR.ckpt --input FRAMES_DIR|VIDEO --output OUT_DIR|OUT.mp4
 
@@ -72,7 +72,7 @@ def read_input(path: Path):
 def upscale(net, frames: list[np.ndarray], window: int, device, batch_windows: int = 1) -> list[np.ndarray]:
     from tqdm import tqdm
 
-    size = net.cfg.out_size // 2
+    size = net.cfg.in_size
     bad = {f.shape[:2] for f in frames if f.shape[:2] != (size, size)}
     if bad:
         raise UserError(f"frames are {sorted(bad)[0][1]}x{sorted(bad)[0][0]} but this model takes {size}x{size} "

@@ -75,6 +75,11 @@ def test_windows_mode_and_end_padding(shards):
     w = make_window(item, SampleSpec("windows", 64, window=4), n - 2)
     assert w["valid"].tolist() == [True, True, False, False]
     assert torch.equal(w["lq"][1], w["lq"][3])  # the clip end is repeated, not dropped
+    # an x4 SR model (the demo preset's) gets high-resolution frames at 4x the input size
+    w4 = make_window(item, SampleSpec("windows", 32, window=2, sr_scale=4), 0)
+    assert w4["lq"].shape == (2, 3, 32, 32) and w4["hq"].shape == (2, 3, 128, 128)
+    hq, lq = w4["hq"].float() / 255, w4["lq"].float() / 255  # uint8 until the batch reaches the device
+    assert (torch.nn.functional.avg_pool2d(hq, 4) - lq).abs().mean() < 0.03
 
 
 def test_id_dim_mismatch_names_both(shards):

@@ -57,6 +57,19 @@ def test_padded_frames_do_not_count(fixtures_dir):
     assert torch.isclose(module.model_step(spoiled)[0], module.model_step(first3)[0], rtol=1e-4)
 
 
+def test_x4_bicubic_inputs_and_validation_baseline(fixtures_dir):
+    # sr.lq=bicubic degrades the real frames by the model's scale; an untrained x4 model equals bicubic x4
+    cfg = OmegaConf.to_container(compose("sr", ["model=tiny", "model.sr.scale=4", "sr.lq=bicubic"]), resolve=True)
+    module = TemporalSRModule(cfg, total_steps=1).eval()
+    batch = _hdtf_window(fixtures_dir, frames=3)
+    assert module.inputs(batch).shape == (1, 3, 3, 32, 32)
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+    psnr = {k: float(m.compute()) for k, m in module.psnr.items()}
+    assert psnr["sr"] == pytest.approx(psnr["bicubic"], abs=1e-4) and 10 < psnr["bicubic"] < 40
+    assert module.last_val_images["output"].shape[-2:] == (128, 128)
+
+
 @pytest.mark.slow
 def test_sr_stage_renders_lq_trains_and_upscales(shards, tiny_generator_ckpt, tmp_path, capsys):
     common = ["model=tiny", "logger=disabled", f"data.root={shards}", f"output_root={tmp_path}", "run_name=s",

@@ -15,13 +15,28 @@ from src.models.temporal_sr import build_sr
 @pytest.mark.parametrize("preset", ["tiny", "demo", "full"])
 def test_shapes_for_every_preset(preset):
     cfg = compose("sr", [f"model={preset}"]).model
-    s = cfg.sr.out_size
+    s, k = cfg.sr.out_size, cfg.sr.scale
     if preset == "full":  # 200 M parameters at 512: shapes on the meta device, without the arithmetic
         with torch.device("meta"):
-            out = build_sr(cfg)(torch.rand(1, 2, 3, s // 2, s // 2))
+            out = build_sr(cfg)(torch.rand(1, 2, 3, s // k, s // k))
     else:
-        out = build_sr(cfg)(torch.rand(2, 3, 3, s // 2, s // 2))
+        out = build_sr(cfg)(torch.rand(2, 3, 3, s // k, s // k))
     assert out.shape[-3:] == (3, s, s) and out.shape[1] == (2 if preset == "full" else 3)
+    if preset == "demo":
+        assert (s, k) == (512, 4)  # x4 from the 128-px base: the demo ends at 512
+
+
+def test_x4_model_starts_as_bicubic_x4_and_scale_must_divide_the_output():
+    cfg = compose("sr", ["model=tiny", "model.sr.scale=4"]).model
+    model = build_sr(cfg).eval()
+    assert model.cfg.in_size == 32
+    window = torch.rand(1, 2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(window)
+    bicubic = torch.nn.functional.interpolate(window[0], scale_factor=4, mode="bicubic", align_corners=False)
+    assert out.shape == (1, 2, 3, 128, 128) and torch.equal(out[0], bicubic)
+    with pytest.raises(ValueError, match="must be an integer >= 2 that divides out_size=128"):
+        build_sr(compose("sr", ["model=tiny", "model.sr.scale=3"]).model)
 
 
 def test_temporal_fusion_starts_as_the_per_frame_path_and_output_as_bicubic():

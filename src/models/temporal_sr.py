@@ -1,6 +1,7 @@
-"""TemporalSR: x2 face super-resolution of a window of T frames (256 -> 512 at the `full` preset).
+"""TemporalSR: face super-resolution of a window of T frames (x2, 256 -> 512 at the `full` preset; the CPU
+`demo` preset goes x4, 128 -> 512, so its demo still ends at 512).
 
-    bicubic x2 of each LQ frame -> U-Net encoder (ResBlocks down to 4x4) -> latent codes (one per decoder
+    bicubic upsampling of each LQ frame -> U-Net encoder (ResBlocks down to 4x4) -> latent codes (one per decoder
     layer) + SFT conditions from the U-Net's up path -> StyleGAN2 decoder (the face prior; GFPGAN v1.3
     layout, loadable and frozen) -> RGB
 
@@ -27,12 +28,18 @@ from src.models.stylegan2 import StyleGAN2Decoder, channel_table
 @dataclass
 class SRConfig:
     out_size: int = 512
+    scale: int = 2               # output / input size
     style_dim: int = 512
     num_mlp: int = 8
     channel_multiplier: float = 2
     narrow: float = 1.0
     temporal: bool = True
     residual: bool = True
+
+
+    @property
+    def in_size(self) -> int:
+        return self.out_size // self.scale
 
 
 class ResBlock(nn.Module):
@@ -80,6 +87,8 @@ def _sft_head(channels: int, out: int, bias: float) -> nn.Sequential:
 class TemporalSR(nn.Module):
     def __init__(self, cfg: SRConfig):
         super().__init__()
+        if cfg.scale < 2 or cfg.out_size % cfg.scale:
+            raise ValueError(f"model.sr.scale must be an integer >= 2 that divides out_size={cfg.out_size}, got {cfg.scale}")
         self.cfg = cfg
         ch = channel_table(cfg.out_size, cfg.channel_multiplier, cfg.narrow)
         self.decoder = StyleGAN2Decoder(cfg.out_size, cfg.style_dim, cfg.num_mlp, cfg.channel_multiplier, cfg.narrow)
@@ -100,10 +109,10 @@ class TemporalSR(nn.Module):
                 nn.init.zeros_(head.modulated_conv.weight)  # biases start at 0 already
 
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, S/2, S/2) in [0, 1] -> (B, T, 3, S, S)."""
+        """(B, T, 3, S/scale, S/scale) in [0, 1] -> (B, T, 3, S, S)."""
         b, t = lq.shape[:2]
         x = lq.flatten(0, 1)
-        base = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+        base = F.interpolate(x, scale_factor=self.cfg.scale, mode="bicubic", align_corners=False)
         feat = F.leaky_relu(self.conv_body_first(base * 2 - 1), 0.2)
         skips = []
         for i, down in enumerate(self.down):
@@ -125,6 +134,7 @@ class TemporalSR(nn.Module):
 
 def build_sr(model_cfg) -> TemporalSR:
     c = model_cfg.sr
-    return TemporalSR(SRConfig(out_size=c.out_size, style_dim=c.style_dim, num_mlp=c.num_mlp,
+    # checkpoints written before `scale` existed were all x2
+    return TemporalSR(SRConfig(out_size=c.out_size, scale=c.get("scale", 2), style_dim=c.style_dim, num_mlp=c.num_mlp,
                                channel_multiplier=c.channel_multiplier, narrow=c.narrow, temporal=c.temporal,
                                residual=c.residual))

@@ -1,10 +1,11 @@
-"""TemporalSRModule: trains TemporalSR on windows of T frames (low-resolution input -> real 2x frames).
+"""TemporalSRModule: trains TemporalSR on windows of T frames (low-resolution input -> real frames at
+model.sr.scale x its size).
 
 Losses (weights in stages/sr.yaml, after the reference): L1 (0.1), perceptual (1) and style (50) on every
 valid frame of the window (frames repeated to pad a clip's end are masked out). Adam (0.9, 0.99) with a
 cosine schedule over the run's steps; EMA of the weights through callbacks/ema.py. With `sr.prior` the
 StyleGAN2 decoder loads published weights and stays frozen, as in the original; without it, it trains.
-`sr.lq=bicubic` makes the input a bicubic x0.5 of the real high-resolution frames instead of the base
+`sr.lq=bicubic` makes the input a bicubic downscale (1 / model.sr.scale) of the real high-resolution frames instead of the base
 model's renders. Validation: PSNR/SSIM of the output and of bicubic upsampling of the input, and the
 temporal warping error (DIS optical flow) of the output, of bicubic and of the ground truth.
 """
@@ -61,9 +62,9 @@ class TemporalSRModule(L.LightningModule):
 
     def inputs(self, batch: dict) -> torch.Tensor:
         if self.cfg.sr.lq == "bicubic":  # degrade the real high-resolution frames
-            hq = batch["hq"]
-            return F.interpolate(hq.flatten(0, 1), scale_factor=0.5, mode="bicubic", antialias=True,
-                                 align_corners=False).clamp(0, 1).view(*hq.shape[:3], hq.shape[3] // 2, hq.shape[4] // 2)
+            hq, size = batch["hq"], self.net.cfg.in_size
+            return F.interpolate(hq.flatten(0, 1), size=(size, size), mode="bicubic", antialias=True,
+                                 align_corners=False).clamp(0, 1).view(*hq.shape[:3], size, size)
         return batch["lq"]
 
     def model_step(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
@@ -90,7 +91,7 @@ class TemporalSRModule(L.LightningModule):
         # join that reduction; torchmetrics states are reduced in on_validation_epoch_end on every rank
         self.val_loss.update(loss.detach(), weight=batch["hq"].shape[0])
         valid = batch["valid"].flatten()
-        bicubic = F.interpolate(lq.flatten(0, 1), scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+        bicubic = F.interpolate(lq.flatten(0, 1), scale_factor=self.net.cfg.scale, mode="bicubic", align_corners=False).clamp(0, 1)
         target = batch["hq"].flatten(0, 1)
         for name, pred in (("sr", out.flatten(0, 1).clamp(0, 1)), ("bicubic", bicubic)):
             self.psnr[name].update(pred[valid], target[valid])

@@ -39,7 +39,7 @@ def run_sr(cfg: DictConfig, run_dir: Path) -> Path:
     if entry.get("status") == "done":
         print(f"sr: done earlier ({entry['checkpoint']}); delete {run_dir} or change a setting to train again")
         return Path(entry["checkpoint"])
-    lq_res = cfg.model.sr.out_size // 2
+    lq_res = cfg.model.sr.out_size // cfg.model.sr.scale
     data_root, base = cfg.data.root, None
     if cfg.sr.lq == "base":
         base, upstream = resolve_base(cfg)
