@@ -15,6 +15,10 @@ from pathlib import Path
 from src.errors import UserError, cli_entry
 
 
+# every stage validates at the end of its epochs; the pre-training check would cost the demo ~30 s more
+NO_SANITY = ["trainer.num_sanity_val_steps=0"]
+
+
 def _record(out: Path, stage: str) -> dict:
     """The stages of the demo's run of `stage` (its stages.json)."""
     from src.stages.common import read_record
@@ -45,7 +49,7 @@ def step_stage1(sample: Path, out: Path) -> dict:
     from src import train
 
     args = ["stage1", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
-            "stage1.warp_epochs=2", "stage1.refine_epochs=2", "trainer.log_every_n_steps=5"]
+            "stage1.warp_epochs=2", "stage1.refine_epochs=2", "trainer.log_every_n_steps=5", *NO_SANITY]
     if train.main(args) != 0:
         raise UserError("stage 1 failed (see above); re-run `make demo` to resume it")
     record = _record(out, "stage1")
@@ -58,7 +62,7 @@ def step_meta(sample: Path, out: Path) -> dict:
 
     record = _record(out, "stage1")
     args = ["meta", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
-            f"meta.init={record['refine']['checkpoint']}", "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
+            f"meta.init={record['refine']['checkpoint']}", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", *NO_SANITY,
             "optim.lr=1e-4"]
     if train.main(args) != 0:
         raise UserError("meta-learning failed (see above); re-run `make demo` to resume it")
@@ -93,7 +97,7 @@ def step_sr(sample: Path, out: Path) -> dict:
     meta = _record(out, "meta")["meta"]["checkpoint"]
     args = ["sr", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
             f"sr.init_base={meta}", "sr.lq_max_frames=8", "data.samples_per_clip=2", "trainer.max_epochs=1", "sr.window=4",
-            "trainer.log_every_n_steps=5", "optim.lr=5e-4", "data.batch_size=2"]
+            "trainer.log_every_n_steps=5", "optim.lr=5e-4", "data.batch_size=2", *NO_SANITY]
     if train.main(args) != 0:
         raise UserError("super-resolution failed (see above); re-run `make demo` to resume it")
     header, *rows = (out / "sr" / "demo" / "csv" / "metrics.csv").read_text().splitlines()
