@@ -15,7 +15,7 @@ from pathlib import Path
 from src.errors import UserError, cli_entry
 
 
-# every stage validates at the end of its epochs; the pre-training check would cost the demo ~30 s more
+# every stage validates at the end of its epochs; the pre-training check is time the demo lacks (SR's alone: 15 s)
 NO_SANITY = ["trainer.num_sanity_val_steps=0"]
 
 

@@ -35,7 +35,7 @@ def test_x4_model_starts_as_bicubic_x4_and_scale_must_divide_the_output():
         out = model(window)
     bicubic = torch.nn.functional.interpolate(window[0], scale_factor=4, mode="bicubic", align_corners=False)
     assert out.shape == (1, 2, 3, 128, 128) and torch.equal(out[0], bicubic)
-    with pytest.raises(ValueError, match="must be an integer >= 2 that divides out_size=128"):
+    with pytest.raises(UserError, match="must be an integer >= 2 that divides out_size=128"):
         build_sr(compose("sr", ["model=tiny", "model.sr.scale=3"]).model)
 
 
