@@ -40,14 +40,14 @@ def curve(init: str, shards: str, identity: str, a) -> list[float]:
     opt = module.configure_optimizers()
     device = torch.device("cpu")
     losses = [heldout_loss(module, dm, device)]
-    batches = iter(dm.train_dataloader())
+    batches, measure = iter(dm.train_dataloader()), set(eval_steps(a))
     for step in range(1, a.steps + 1):
         batch = dm.on_after_batch_transfer(next(batches), 0)
         loss, _ = module.model_step(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step in eval_steps(a):
+        if step in measure:
             losses.append(heldout_loss(module, dm, device))
     return losses
 

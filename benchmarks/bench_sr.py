@@ -33,7 +33,7 @@ def main(argv=None) -> None:
         m = compose("sr", [f"model={preset}"]).model
         with torch.device("meta"):
             net = build_sr(m)
-        counts[preset] = f"{count_parameters(net) / 1e6:.1f} M ({count_parameters(net.decoder) / 1e6:.1f} M decoder), {m.sr.out_size // m.sr.scale} -> {m.sr.out_size}"
+        counts[preset] = f"{count_parameters(net) / 1e6:.1f} M ({count_parameters(net.decoder) / 1e6:.1f} M decoder), {net.cfg.in_size} -> {net.cfg.out_size}"
     device = resolve_device(a.device)
     net = build_sr(compose("sr", ["model=full"]).model).to(device).eval()
     names = sorted((FIXTURES / "hdtf_sr_pairs" / "lq_256" / "clip0").glob("*.png"))[:6]

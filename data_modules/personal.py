@@ -53,8 +53,7 @@ class PersonalVideoDataModule(GuidanceDataModule):
     def __init__(self, root: str, mode: str = "pairs", resolution: int = 256, batch_size: int = 4,
                  num_workers: int = 0, heldout_fraction: float = 0.2, min_train_frames: int = 8,
                  samples_per_epoch: int = 200, window: int = 6, augment: bool = True, id_dim: int | None = None,
-                 render: bool = True, seed: int = 0, identities: list[str] | None = None,
-                 sr_scale: int = 2):
+                 render: bool = True, seed: int = 0, identities: list[str] | None = None):
         super().__init__()
         if mode not in ("pairs", "windows"):
             raise UserError(f"PersonalVideoDataModule supports modes pairs and windows, not '{mode}'")
@@ -63,7 +62,7 @@ class PersonalVideoDataModule(GuidanceDataModule):
         self.root, self.batch_size, self.num_workers = Path(root), batch_size, num_workers
         self.heldout_fraction, self.min_train_frames = heldout_fraction, min_train_frames
         self.samples_per_epoch, self.render = samples_per_epoch, render
-        self.spec = SampleSpec(mode, resolution, window=window, augment=augment, seed=seed, sr_scale=sr_scale)
+        self.spec = SampleSpec(mode, resolution, window=window, augment=augment, seed=seed)
         self.manifest = load_manifest(self.root)
         self.id_dim = check_id_dim(id_dim, self.manifest)
         self.identities = set(identities) if identities else None  # restrict a multi-person shard folder

@@ -37,7 +37,6 @@ class SRConfig:
     temporal: bool = True
     residual: bool = True
 
-
     @property
     def in_size(self) -> int:
         return self.out_size // self.scale
