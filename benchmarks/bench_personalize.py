@@ -1,21 +1,27 @@
 """Adaptation curves: held-out loss vs fine-tuning steps on new people, from a meta checkpoint and from the
-stage-1 checkpoint it was trained from, with the same data order, optimiser and budget.
+stage-1 checkpoint it was trained from (and optionally a control), with the same data order, optimiser
+and budget.
 
-    python -m benchmarks.bench_personalize --meta META.ckpt --stage1 REFINE.ckpt [--shards DIR] [--split test]
+    python -m benchmarks.bench_personalize --meta META.ckpt --stage1 REFINE.ckpt [--control CKPT]
+                                           [--shards DIR] [--split test] [--seeds 3]
 
 For every identity of the split: hold out the last 20 % of its frames, fine-tune with Adam (the
 personalize defaults) for --steps steps, and measure the held-out loss after every one of the first
---fine-until steps (where a faster-adapting start would show) and then every --eval-every steps. Printed
-(JSON): the mean curves, the loss the stage-1 initialisation reaches at --steps, the first measured step
-at which the meta initialisation reaches it, and their ratio. The goal is a ratio of at most 0.25.
-Also printed: the first step at which the stage-1 initialisation itself gets there, and the loss of both
-at step 0, because a ratio of 0.25 means little when the stage-1 curve is already flat by then.
+--fine-until steps (where a faster-adapting start would show) and then every --eval-every steps. Each
+(identity, seed) pair is one fine-tuning run; every initialisation sees the same batches for a given seed.
+Printed (JSON): the mean curves, the loss the stage-1 initialisation reaches at --steps, the first measured
+step at which the meta initialisation reaches it, and their ratio (the goal: at most 0.25). Also printed:
+the first step at which the stage-1 initialisation itself gets there, both losses at step 0, and the same
+step count for the control. The control answers "is it meta-learning or just more training?": give the
+stage-1 model trained on for as long as meta-training took (same data, its own objective).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +29,8 @@ import torch
 from benchmarks.common import save
 
 
-def curve(init: str, shards: str, identity: str, a) -> list[float]:
+def curve(init: str, shards: str, identity: str, seed: int, a, device: torch.device) -> list[float]:
+    """Held-out loss at each of `eval_steps(a)` while fine-tuning `init` to one person."""
     import lightning as L
 
     from data_modules.personal import PersonalVideoDataModule
@@ -33,16 +40,16 @@ def curve(init: str, shards: str, identity: str, a) -> list[float]:
     gen, cfg, id_dim = load_generator(init)
     dm = PersonalVideoDataModule(shards, resolution=cfg["model"]["resolution"], batch_size=a.batch_size,
                                  heldout_fraction=0.2, samples_per_epoch=a.steps * a.batch_size, id_dim=id_dim,
-                                 seed=a.seed, identities=[identity])
+                                 seed=seed, identities=[identity])
     dm.setup()
-    L.seed_everything(a.seed, verbose=False)  # the same batches for both initialisations
-    module = PersonalizeModule(cfg, id_dim, a.lr, gen)
+    L.seed_everything(seed, verbose=False)  # the same batches for every initialisation
+    module = PersonalizeModule(cfg, id_dim, a.lr, gen).to(device)
     opt = module.configure_optimizers()
-    device = torch.device("cpu")
     losses = [heldout_loss(module, dm, device)]
     batches, measure = iter(dm.train_dataloader()), set(eval_steps(a))
     for step in range(1, a.steps + 1):
-        batch = dm.on_after_batch_transfer(next(batches), 0)
+        batch = next(batches)
+        batch = dm.on_after_batch_transfer({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, 0)
         loss, _ = module.model_step(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -57,10 +64,40 @@ def eval_steps(a) -> list[int]:
     return sorted({*range(min(a.fine_until, a.steps) + 1), *range(0, a.steps + 1, a.eval_every), a.steps})
 
 
+def first_step_at_or_below(steps: list[int], curve, target: float) -> int | None:
+    return next((s for s, v in zip(steps, curve) if v <= target), None)
+
+
+def summarise(steps: list[int], mean: dict[str, np.ndarray], budget: int) -> dict:
+    """The step counts of the goal, read off the mean curves (keys: stage1, meta, optionally control)."""
+    target = float(mean["stage1"][-1])
+    reach = {name: first_step_at_or_below(steps, c, target) for name, c in mean.items()}
+    meta_steps = reach["meta"]
+    out = {
+        "stage1_steps": budget, "stage1_loss_at_budget": round(target, 4),
+        "meta_steps_to_reach_it": meta_steps if meta_steps is not None else f"not within {budget}",
+        "ratio": round(meta_steps / budget, 3) if meta_steps is not None else None,
+        "goal_ratio_at_most": 0.25,
+        "stage1_steps_to_reach_it": reach["stage1"],
+        "meta_faster_than_stage1": meta_steps is not None and meta_steps < reach["stage1"],
+        "loss_at_step0": {k: round(float(c[0]), 4) for k, c in mean.items()},
+        # the early part of the curves, where a faster-adapting start shows first
+        "loss_at_steps": {s: {k: round(float(c[i]), 4) for k, c in mean.items()}
+                          for i, s in enumerate(steps) if s in (1, 2, 5, 10, 25, 50, budget)},
+    }
+    if "control" in mean:
+        c = reach["control"]
+        out["control_steps_to_reach_it"] = c if c is not None else f"not within {budget}"
+        out["meta_faster_than_control"] = meta_steps is not None and (c is None or meta_steps < c)
+    return out
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--meta", required=True)
-    p.add_argument("--stage1", required=True)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("--meta", required=True, help="meta checkpoint (python -m src.train meta)")
+    p.add_argument("--stage1", required=True, help="the stage-1 (refine) checkpoint the meta run started from")
+    p.add_argument("--control", default=None, help="optional third start, e.g. stage 1 trained on for the meta run's time")
     p.add_argument("--shards", default="outputs/bench/shards_fixtures")
     p.add_argument("--split", default="test")
     p.add_argument("--steps", type=int, default=100)
@@ -68,53 +105,44 @@ def main(argv=None) -> None:
     p.add_argument("--fine-until", type=int, default=5, help="also measure after each of the first N steps")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1, help="data orders per identity (curves are averaged)")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--name", default="personalize_curves")
     a = p.parse_args(argv)
-    import json
-    from pathlib import Path
 
     manifest = json.loads((Path(a.shards) / "manifest.json").read_text())
     identities = manifest["splits"][a.split]["identities"]
+    inits = {"stage1": a.stage1, "meta": a.meta, **({"control": a.control} if a.control else {})}
+    device = torch.device(a.device)
     t0 = time.time()
-    curves = {"stage1": [], "meta": []}
+    curves: dict[str, dict[str, list[list[float]]]] = {name: {i: [] for i in identities} for name in inits}
     for ident in identities:
-        for name, init in (("stage1", a.stage1), ("meta", a.meta)):
-            curves[name].append(curve(init, a.shards, ident, a))
-            print(f"{ident} {name}: held-out loss {curves[name][-1][0]:.4f} -> {curves[name][-1][-1]:.4f}", file=sys.stderr)
-    mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
+        for seed in range(a.seeds):
+            for name, init in inits.items():
+                c = curve(init, a.shards, ident, seed, a, device)
+                curves[name][ident].append(c)
+                print(f"{ident} seed {seed} {name}: held-out loss {c[0]:.4f} -> {c[-1]:.4f}", file=sys.stderr)
+    # mean over seeds per person, then over people (every person weighs the same)
+    per_person = {name: {i: np.mean(v, axis=0) for i, v in by_id.items()} for name, by_id in curves.items()}
+    mean = {name: np.mean(list(by_id.values()), axis=0) for name, by_id in per_person.items()}
     steps = eval_steps(a)
+    target = float(mean["stage1"][-1])
     save(a.name, {
         "command": "python -m benchmarks.bench_personalize " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "identities": len(identities), "optimiser": f"Adam lr {a.lr} (warp x0.1), batch {a.batch_size}",
-        **summarise(steps, mean["stage1"], mean["meta"], a.steps),
+        "identities": len(identities), "seeds": a.seeds,
+        "optimiser": f"Adam lr {a.lr} (warp x0.1), batch {a.batch_size}",
+        **summarise(steps, mean, a.steps),
         "curve_steps": steps,
-        "stage1_curve": [round(float(v), 4) for v in mean["stage1"]],
-        "meta_curve": [round(float(v), 4) for v in mean["meta"]],
-        # the mean can be dominated by one person whose loss is on another scale: each person's curves too
-        "per_identity": {ident: {name: [round(float(v), 4) for v in curves[name][i]] for name in curves}
-                         for i, ident in enumerate(identities)},
+        **{f"{name}_curve": [round(float(v), 4) for v in c] for name, c in mean.items()},
+        # the mean can be dominated by one person whose loss is on another scale: each person's curves too,
+        # and the step at which each person's own stage-1 step-budget loss is reached
+        "per_identity": {i: {name: [round(float(v), 4) for v in per_person[name][i]] for name in inits} for i in identities},
+        "per_identity_steps_to_stage1_budget_loss": {
+            i: {name: first_step_at_or_below(steps, per_person[name][i], float(per_person["stage1"][i][-1])) for name in inits}
+            for i in identities},
+        "target_loss": round(target, 4),
         "seconds": round(time.time() - t0, 1),
     })
-
-
-def summarise(steps: list[int], stage1: list[float], meta: list[float], budget: int) -> dict:
-    """The step counts of the goal, read off the two mean curves."""
-    target = float(stage1[-1])
-    first = lambda curve: next((s for s, v in zip(steps, curve) if v <= target), None)  # noqa: E731
-    meta_steps, stage1_steps = first(meta), first(stage1)
-    return {
-        "stage1_steps": budget, "stage1_loss_at_budget": round(target, 4),
-        "meta_steps_to_reach_it": meta_steps if meta_steps is not None else f"not within {budget}",
-        "ratio": round(meta_steps / budget, 3) if meta_steps is not None else None,
-        "goal_ratio_at_most": 0.25,
-        "stage1_steps_to_reach_it": stage1_steps,
-        "loss_at_step0": {"stage1": round(float(stage1[0]), 4), "meta": round(float(meta[0]), 4)},
-        "meta_faster_than_stage1": meta_steps is not None and meta_steps < stage1_steps,
-        # the early part of the curves, where a faster-adapting start shows first
-        "loss_at_steps": {s: {"stage1": round(float(v1), 4), "meta": round(float(v2), 4)}
-                          for s, v1, v2 in zip(steps, stage1, meta) if s in (1, 2, 5, 10, 25)},
-    }
 
 
 if __name__ == "__main__":

@@ -66,6 +66,29 @@ def test_reptile_outer_gradient_is_theta_minus_adapted(shards):
     assert dist(stepped) == pytest.approx(0.5 * dist(theta), rel=1e-4)
 
 
+def test_reptile_with_outer_sgd_at_lr_1_lands_on_the_mean_adapted_weights(shards):
+    module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.01",
+                          "meta.outer_optimizer=sgd", "optim.lr=1.0")
+    opt = module.configure_optimizers()
+    assert isinstance(opt, torch.optim.SGD)
+    theta = {n: p.detach().clone() for n, p in module.generator.named_parameters()}
+    mean_fast = {n: torch.zeros_like(p) for n, p in theta.items()}
+    for t in range(2):
+        fast, _ = module.adapt(batch, t, module.cfg.meta.inner_steps)
+        for n in theta:
+            mean_fast[n] += fast[n].detach() / 2
+    opt.zero_grad(set_to_none=True)
+    module.outer_objective(batch)[0].backward()
+    opt.step()
+    moved = 0.0
+    for n, p in module.generator.named_parameters():
+        assert torch.allclose(p.detach(), mean_fast[n], rtol=1e-4, atol=1e-7), n
+        moved += float((p.detach() - theta[n]).abs().sum())
+    assert moved > 0
+    with pytest.raises(UserError, match="outer_optimizer"):
+        _meta(shards, "meta.outer_optimizer=rmsprop")
+
+
 def test_fomaml_gradient_depends_on_the_query_and_lowers_the_adapted_query_loss(shards):
     module, batch = _meta(shards, "meta.algorithm=fomaml")
     grads, stats = _outer_grads(module, batch)

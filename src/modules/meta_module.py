@@ -58,6 +58,8 @@ class MetaLearnerModule(L.LightningModule):
                             "twice differentiable); use reptile or fomaml with the substitute")
         if m.inner_optimizer not in ("adam", "sgd"):
             raise UserError(f"meta.inner_optimizer must be adam or sgd, got '{m.inner_optimizer}'")
+        if m.outer_optimizer not in ("adam", "sgd"):
+            raise UserError(f"meta.outer_optimizer must be adam or sgd, got '{m.outer_optimizer}'")
         self.automatic_optimization = False
         self.generator = build_generator(self.cfg.model, id_dim)
         # A frozen stage-1 discriminator supplies the GAN terms when they are wanted in the inner loop.
@@ -196,7 +198,10 @@ class MetaLearnerModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        warp = list(self.generator.warper.parameters())
-        rest = list(self.generator.refiner.parameters())
-        return torch.optim.Adam([{"params": rest, "lr": o.lr}, {"params": warp, "lr": o.lr * o.warp_lr_mult}],
-                                betas=tuple(o.betas), weight_decay=o.weight_decay)
+        groups = [{"params": list(self.generator.refiner.parameters()), "lr": o.lr},
+                  {"params": list(self.generator.warper.parameters()), "lr": o.lr * o.warp_lr_mult}]
+        if self.cfg.meta.outer_optimizer == "sgd":
+            # Reptile's own form: theta <- theta + lr * mean(theta_adapted - theta); lr 1 = the mean adapted weights.
+            # One rate for all: the inner loop already moved the warp parameters warp_lr_mult times less.
+            return torch.optim.SGD(groups[0]["params"] + groups[1]["params"], lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.Adam(groups, betas=tuple(o.betas), weight_decay=o.weight_decay)
