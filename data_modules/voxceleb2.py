@@ -141,7 +141,14 @@ class EpisodeDataset(Dataset):
         query_item = self.ds[int(order[1])] if self.spec.cross_clip and len(order) > 1 else support_item
         k, q = self.spec.support, self.spec.query
         n_s, n_q = num_frames(support_item), num_frames(query_item)
-        if self.deterministic:
+        if query_item is support_item:  # one clip: the source, support and query frames are all different frames
+            if self.deterministic:  # source = first frame, support spread over the start, query = the clip's tail
+                rest = np.linspace(1, n_s - 1, k + q).round().astype(int)
+                s_idx, q_idx = np.concatenate([[0], rest[:k]]), rest[k:]
+            else:
+                pick = rng.choice(n_s, k + 1 + q, replace=n_s < k + 1 + q)
+                s_idx, q_idx = pick[: k + 1], pick[k + 1 :]
+        elif self.deterministic:
             s_idx = np.linspace(1, n_s - 1, k + 1).round().astype(int)  # [source, support...]
             q_idx = np.linspace(0, n_q - 1, q).round().astype(int)
             s_idx[0] = 0
@@ -161,6 +168,7 @@ class EpisodeDataset(Dataset):
             "query": imgs[k + 1 :], "query_landmarks": lms[k + 1 :],
             "embedding": torch.from_numpy(support_item["embedding"].copy()),
             "identity": ident, "support_key": support_item["key"], "query_key": query_item["key"],
+            "support_index": torch.from_numpy(s_idx.astype(np.int64)), "query_index": torch.from_numpy(q_idx.astype(np.int64)),
         }
 
 
@@ -211,7 +219,8 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         d = cfg.data
         extra = {}
         if "meta" in cfg:  # episode sizes are the meta stage's settings
-            extra.update(support=cfg.meta.support_frames, query=cfg.meta.query_frames)
+            extra.update(support=cfg.meta.support_frames, query=cfg.meta.query_frames,
+                         cross_clip=cfg.meta.get("query_from_other_clip", True))
         if "sr" in cfg:  # window length is the SR stage's setting, the HQ size the SR model's
             extra.update(window=cfg.sr.window, sr_scale=cfg.model.sr.get("scale", 2))
         return cls(root=d.root, mode=d.mode, resolution=d.resolution, batch_size=d.batch_size,

@@ -61,6 +61,21 @@ def test_episodes_mode(shards):
     assert len(set(b["identity"])) == 2  # one identity per item
 
 
+def test_episodes_from_one_clip_use_distinct_frames_and_validate_on_the_tail(shards):
+    dm = VoxCeleb2DataModule(str(shards), mode="episodes", resolution=64, batch_size=2, num_workers=0,
+                             support=3, query=2, cross_clip=False)
+    dm.setup("fit")
+    for ds in (dm.train_set, dm.val_set):
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item["support_key"] == item["query_key"]
+            frames = [*item["support_index"].tolist(), *item["query_index"].tolist()]  # [source, support..., query...]
+            assert len(set(frames)) == 6, frames  # the clips have 30 frames: no frame is used twice
+    val = dm.val_set[0]
+    # validation as personalization holds out: source = first frame, query after every support frame
+    assert val["support_index"][0] == 0 and val["query_index"].min() > val["support_index"].max()
+
+
 def test_windows_mode_and_end_padding(shards):
     dm = VoxCeleb2DataModule(str(shards), mode="windows", resolution=64, batch_size=2, num_workers=0, window=4)
     dm.setup("fit")

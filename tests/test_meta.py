@@ -89,6 +89,24 @@ def test_reptile_with_outer_sgd_at_lr_1_lands_on_the_mean_adapted_weights(shards
         _meta(shards, "meta.outer_optimizer=rmsprop")
 
 
+def test_linear_outer_lr_decay_reaches_zero_at_the_last_step(shards):
+    from types import SimpleNamespace
+
+    module, _ = _meta(shards, "meta.outer_optimizer=sgd", "meta.outer_lr_decay=linear", "optim.lr=0.5")
+    module._trainer = SimpleNamespace(estimated_stepping_batches=4)  # what a Trainer with max_steps=4 reports
+    conf = module.configure_optimizers()
+    module._trainer = None
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.5, 0.375, 0.25, 0.125, 0.0])
+    with pytest.raises(UserError, match="outer_lr_decay"):
+        _meta(shards, "meta.outer_lr_decay=cosine")
+
+
 def test_fomaml_gradient_depends_on_the_query_and_lowers_the_adapted_query_loss(shards):
     module, batch = _meta(shards, "meta.algorithm=fomaml")
     grads, stats = _outer_grads(module, batch)
@@ -106,6 +124,26 @@ def test_fomaml_gradient_depends_on_the_query_and_lowers_the_adapted_query_loss(
         for n, p in module.generator.named_parameters():
             p -= 1e-3 * grads[n]
     assert _adapted_query_loss(module, batch) < before
+
+
+def test_multi_step_loss_averages_the_query_gradient_over_the_start_and_every_inner_step(shards):
+    module, batch = _meta(shards, "meta.algorithm=fomaml", "meta.multi_step_loss=true", "meta.inner_steps=1",
+                          "meta.inner_optimizer=sgd", "meta.inner_lr=0.01")
+    grads, stats = _outer_grads(module, batch)
+    assert stats["query_loss_unadapted"] != stats["query_loss"]
+    theta = {n: p.detach().clone() for n, p in module.generator.named_parameters()}
+    expected = {n: torch.zeros_like(p) for n, p in theta.items()}
+    for t in range(2):
+        adapted, _ = module.adapt(batch, t, 1)
+        for weights in (theta, adapted):  # the start, then after the one inner step
+            w = {n: p.detach().clone().requires_grad_(True) for n, p in weights.items()}
+            loss, _ = module.query_loss(w, batch, t)
+            for n, g in zip(w, torch.autograd.grad(loss, list(w.values()))):
+                expected[n] += g / 4
+    for n in theta:
+        assert torch.allclose(grads[n], expected[n], rtol=1e-3, atol=1e-8), n
+    with pytest.raises(UserError, match="multi_step_loss"):
+        _meta(shards, "meta.algorithm=reptile", "meta.multi_step_loss=true")
 
 
 def test_maml_is_second_order_and_needs_inner_sgd(shards, tmp_path):

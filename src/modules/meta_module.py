@@ -7,9 +7,12 @@ with a fresh inner optimiser, each inner step on different support frames. The o
   reptile  theta - theta_adapted                         (first order, the original's algorithm)
   fomaml   d query_loss / d theta_adapted               (first-order MAML: the query set is used)
   maml     d query_loss(theta_adapted(theta)) / d theta  (second order; inner SGD kept in the graph)
-averaged over tasks. It reaches the parameters through ONE `manual_backward` per step (a surrogate
-sum(theta * g) for the first-order algorithms), so DDP all-reduces it exactly once and every rank applies
-the same outer update; the inner loops never touch the DDP-wrapped parameters.
+averaged over tasks. With `meta.multi_step_loss` (fomaml/maml) the query loss is taken before and after every
+inner step and averaged (MAML++'s multi-step loss), so the unadapted start and every early step count, not only
+the last one. The outer step is Adam (the original's) or Reptile's plain SGD step, optionally annealed to zero.
+The outer gradient reaches the parameters through ONE `manual_backward` per step (a surrogate sum(theta * g)
+for the first-order algorithms), so DDP all-reduces it exactly once and every rank applies the same outer
+update; the inner loops never touch the DDP-wrapped parameters.
 
 Validation adapts to each held-out identity for `meta.val_adapt_steps` and logs the query loss before
 and after: `val/adapt_gain` > 0 is what meta-training should raise.
@@ -60,6 +63,10 @@ class MetaLearnerModule(L.LightningModule):
             raise UserError(f"meta.inner_optimizer must be adam or sgd, got '{m.inner_optimizer}'")
         if m.outer_optimizer not in ("adam", "sgd"):
             raise UserError(f"meta.outer_optimizer must be adam or sgd, got '{m.outer_optimizer}'")
+        if m.multi_step_loss and m.algorithm == "reptile":
+            raise UserError("meta.multi_step_loss weighs query losses, which reptile does not use: use fomaml or maml")
+        if m.outer_lr_decay not in ("constant", "linear"):
+            raise UserError(f"meta.outer_lr_decay must be constant or linear, got '{m.outer_lr_decay}'")
         self.automatic_optimization = False
         self.generator = build_generator(self.cfg.model, id_dim)
         # A frozen stage-1 discriminator supplies the GAN terms when they are wanted in the inner loop.
@@ -93,9 +100,10 @@ class MetaLearnerModule(L.LightningModule):
     def _lr(self, name: str, base: float) -> float:
         return base * (self.cfg.optim.warp_lr_mult if name.startswith("warper.") else 1.0)
 
-    def adapt(self, batch: dict, t: int, steps: int, second_order: bool = False) -> tuple[dict, list[float]]:
+    def adapt(self, batch: dict, t: int, steps: int, second_order: bool = False, visit=None) -> tuple[dict, list[float]]:
         """Fast weights adapted to task t on its support frames, and the support loss of each inner step.
-        First order: the fast weights are a detached copy; second order: they stay functions of theta."""
+        First order: the fast weights are a detached copy; second order: they stay functions of theta.
+        `visit(fast)` is called on the weights before every inner step and after the last (steps + 1 times)."""
         m = self.cfg.meta
         theta = dict(self.generator.named_parameters())
         fast = dict(theta) if second_order else {n: p.detach().clone().requires_grad_(True) for n, p in theta.items()}
@@ -109,6 +117,8 @@ class MetaLearnerModule(L.LightningModule):
                    else torch.optim.SGD(groups))
         history = []
         for j in range(steps):
+            if visit is not None:
+                visit(fast)
             idx = [(j * b + i) % k for i in range(b)]  # walk through the support set: a new pair each step
             loss, _ = self.task_loss(fast, batch, t, "support", idx, gan=m.gan_in_inner_loop)
             history.append(float(loss.detach()))
@@ -119,6 +129,8 @@ class MetaLearnerModule(L.LightningModule):
                 for p, g in zip(fast.values(), grads):
                     p.grad = g
                 opt.step()
+        if visit is not None:
+            visit(fast)
         return fast, history
 
     def query_loss(self, params: dict, batch: dict, t: int) -> tuple[torch.Tensor, dict]:
@@ -133,28 +145,42 @@ class MetaLearnerModule(L.LightningModule):
         n_tasks = batch["source"].shape[0]
         outer = {n: torch.zeros_like(p) for n, p in theta.items()}
         objective = torch.zeros((), device=self.device)
-        first, last, query = [], [], []
+        first, last, query, query_start = [], [], [], []
+        # the query loss after the last inner step, or (multi_step_loss) its mean over the start and every step
+        points = m.inner_steps + 1 if m.multi_step_loss else 1
         for t in range(n_tasks):
-            fast, hist = self.adapt(batch, t, m.inner_steps, second_order=m.algorithm == "maml")
+            task_query = []
+
+            def on_query(fast: dict) -> None:
+                nonlocal objective
+                loss_q, _ = self.query_loss(fast, batch, t)
+                task_query.append(float(loss_q.detach()))
+                if m.algorithm == "fomaml":
+                    for n, g in zip(fast, torch.autograd.grad(loss_q, list(fast.values()))):
+                        outer[n] += g / (n_tasks * points)
+                else:  # maml: the query loss differentiates through the inner updates back to theta
+                    objective = objective + loss_q / (n_tasks * points)
+
+            visit = on_query if m.multi_step_loss else None
+            fast, hist = self.adapt(batch, t, m.inner_steps, second_order=m.algorithm == "maml", visit=visit)
             first.append(hist[0])
             last.append(hist[-1])
             if m.algorithm == "reptile":
                 for n in theta:
                     outer[n] += (theta[n].detach() - fast[n].detach()) / n_tasks
                 continue
-            loss_q, _ = self.query_loss(fast, batch, t)
-            query.append(float(loss_q.detach()))
-            if m.algorithm == "fomaml":
-                for n, g in zip(fast, torch.autograd.grad(loss_q, list(fast.values()))):
-                    outer[n] += g / n_tasks
-            else:  # maml: the query loss differentiates through the inner updates back to theta
-                objective = objective + loss_q / n_tasks
+            if not m.multi_step_loss:
+                on_query(fast)
+            query.append(task_query[-1])
+            query_start.append(task_query[0])
         if m.algorithm != "maml":
             # d/dtheta sum(theta * g) = g: the outer gradient, all-reduced by DDP in the one backward
             objective = sum((p * outer[n]).sum() for n, p in theta.items())
         stats = {"support_loss_first": sum(first) / n_tasks, "support_loss_last": sum(last) / n_tasks}
         if query:
             stats["query_loss"] = sum(query) / n_tasks
+        if m.multi_step_loss:
+            stats["query_loss_unadapted"] = sum(query_start) / n_tasks
         return objective, stats
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -167,6 +193,8 @@ class MetaLearnerModule(L.LightningModule):
         if self.cfg.meta.grad_clip_norm:
             self.clip_gradients(opt, gradient_clip_val=self.cfg.meta.grad_clip_norm, gradient_clip_algorithm="norm")
         opt.step()
+        if (sched := self.lr_schedulers()) is not None:
+            sched.step()
         n = batch["source"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, sync_dist=True, batch_size=n)
         self.log("train/loss", stats.get("query_loss", stats["support_loss_last"]), prog_bar=True, sync_dist=True, batch_size=n)
@@ -203,5 +231,13 @@ class MetaLearnerModule(L.LightningModule):
         if self.cfg.meta.outer_optimizer == "sgd":
             # Reptile's own form: theta <- theta + lr * mean(theta_adapted - theta); lr 1 = the mean adapted weights.
             # One rate for all: the inner loop already moved the warp parameters warp_lr_mult times less.
-            return torch.optim.SGD(groups[0]["params"] + groups[1]["params"], lr=o.lr, weight_decay=o.weight_decay)
-        return torch.optim.Adam(groups, betas=tuple(o.betas), weight_decay=o.weight_decay)
+            opt = torch.optim.SGD(groups[0]["params"] + groups[1]["params"], lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.Adam(groups, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        if self.cfg.meta.outer_lr_decay == "constant":
+            return opt
+        # linear to zero over the run (Reptile's annealing): with a constant step the final weights lean towards
+        # the last few tasks' adapted weights, which costs the start on every other person
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
