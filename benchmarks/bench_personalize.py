@@ -48,8 +48,7 @@ def curve(init: str, shards: str, identity: str, seed: int, a, device: torch.dev
     losses = [heldout_loss(module, dm, device)]
     batches, measure = iter(dm.train_dataloader()), set(eval_steps(a))
     for step in range(1, a.steps + 1):
-        batch = next(batches)
-        batch = dm.on_after_batch_transfer({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, 0)
+        batch = dm.to_device(next(batches), device)
         loss, _ = module.model_step(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -126,7 +125,6 @@ def main(argv=None) -> None:
     per_person = {name: {i: np.mean(v, axis=0) for i, v in by_id.items()} for name, by_id in curves.items()}
     mean = {name: np.mean(list(by_id.values()), axis=0) for name, by_id in per_person.items()}
     steps = eval_steps(a)
-    target = float(mean["stage1"][-1])
     save(a.name, {
         "command": "python -m benchmarks.bench_personalize " + " ".join(argv if argv is not None else sys.argv[1:]),
         "identities": len(identities), "seeds": a.seeds,
@@ -140,7 +138,6 @@ def main(argv=None) -> None:
         "per_identity_steps_to_stage1_budget_loss": {
             i: {name: first_step_at_or_below(steps, per_person[name][i], float(per_person["stage1"][i][-1])) for name in inits}
             for i in identities},
-        "target_loss": round(target, 4),
         "seconds": round(time.time() - t0, 1),
     })
 

@@ -185,6 +185,10 @@ class GuidanceDataModule(L.LightningDataModule):
             render_guidance(batch, self.renderer(batch), self.spec.resolution)
         return batch
 
+    def to_device(self, batch: dict, device: torch.device) -> dict:
+        """A loader batch on `device`, ready for the model, as the Trainer hands it over (for loops outside one)."""
+        return self.on_after_batch_transfer(self.transfer_batch_to_device(batch, device, 0), 0)
+
     def renderer(self, batch: dict):
         from src.faces.render import LandmarkRenderer
 

@@ -111,7 +111,7 @@ def evaluate(generator, dm, device, embedder=None, max_frames: int = 32, keep_fr
     generator.eval()
     psnr, ssim, csim, frames, n = [], [], [], [], 0
     for batch in dm.val_dataloader():
-        batch = dm.on_after_batch_transfer({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, 0)
+        batch = dm.to_device(batch, device)
         out = generator(**generator_inputs(batch))["output"].clamp(0, 1)
         for i in range(len(out)):
             if n >= max_frames:
@@ -147,7 +147,7 @@ def heldout_loss(module, dm, device, max_batches: int | None = None) -> float:
         for b, batch in enumerate(dm.val_dataloader()):
             if max_batches is not None and b >= max_batches:
                 break
-            batch = dm.on_after_batch_transfer({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, 0)
+            batch = dm.to_device(batch, device)
             losses.append(float(module.model_step(batch)[0]))
     module.train()
     return float(np.mean(losses))

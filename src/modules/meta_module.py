@@ -226,14 +226,14 @@ class MetaLearnerModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        groups = [{"params": list(self.generator.refiner.parameters()), "lr": o.lr},
-                  {"params": list(self.generator.warper.parameters()), "lr": o.lr * o.warp_lr_mult}]
         if self.cfg.meta.outer_optimizer == "sgd":
             # Reptile's own form: theta <- theta + lr * mean(theta_adapted - theta); lr 1 = the mean adapted weights.
             # One rate for all: the inner loop already moved the warp parameters warp_lr_mult times less.
-            opt = torch.optim.SGD(groups[0]["params"] + groups[1]["params"], lr=o.lr, weight_decay=o.weight_decay)
+            opt = torch.optim.SGD(self.generator.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         else:
-            opt = torch.optim.Adam(groups, betas=tuple(o.betas), weight_decay=o.weight_decay)
+            opt = torch.optim.Adam([{"params": self.generator.refiner.parameters(), "lr": o.lr},
+                                    {"params": self.generator.warper.parameters(), "lr": o.lr * o.warp_lr_mult}],
+                                   betas=tuple(o.betas), weight_decay=o.weight_decay)
         if self.cfg.meta.outer_lr_decay == "constant":
             return opt
         # linear to zero over the run (Reptile's annealing): with a constant step the final weights lean towards
