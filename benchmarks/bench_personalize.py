@@ -12,7 +12,8 @@ personalize defaults) for --steps steps, and measure the held-out loss after eve
 Printed (JSON): the mean curves, the loss the stage-1 initialisation reaches at --steps, the first measured
 step at which the meta initialisation reaches it, and their ratio (the goal: at most 0.25). Also printed:
 the first step at which the stage-1 initialisation itself gets there, both losses at step 0, and the same
-step count for the control. The control answers "is it meta-learning or just more training?": give the
+step count for the control. A meta checkpoint that learned per-tensor rate multipliers (meta.learn_inner_lr) is
+fine-tuned at them, as src.personalize does (--no-learned-lr: at the plain rate). The control answers "is it meta-learning or just more training?": give the
 stage-1 model trained on for as long as meta-training took (same data, its own objective).
 """
 from __future__ import annotations
@@ -34,16 +35,17 @@ def curve(init: str, shards: str, identity: str, seed: int, a, device: torch.dev
     import lightning as L
 
     from data_modules.personal import PersonalVideoDataModule
-    from src.modules.personalize_module import PersonalizeModule, load_generator
+    from src.modules.personalize_module import PersonalizeModule, learned_lr_scales, load_generator
     from src.personalize import heldout_loss
 
     gen, cfg, id_dim = load_generator(init)
+    lr_scale = learned_lr_scales(init) if a.learned_lr else None  # as src.personalize: a meta run's learned rates
     dm = PersonalVideoDataModule(shards, resolution=cfg["model"]["resolution"], batch_size=a.batch_size,
                                  heldout_fraction=0.2, samples_per_epoch=a.steps * a.batch_size, id_dim=id_dim,
                                  seed=seed, identities=[identity])
     dm.setup()
     L.seed_everything(seed, verbose=False)  # the same batches for every initialisation
-    module = PersonalizeModule(cfg, id_dim, a.lr, gen).to(device)
+    module = PersonalizeModule(cfg, id_dim, a.lr, gen, lr_scale).to(device)
     opt = module.configure_optimizers()
     losses = [heldout_loss(module, dm, device)]
     batches, measure = iter(dm.train_dataloader()), set(eval_steps(a))
@@ -104,10 +106,14 @@ def main(argv=None) -> None:
     p.add_argument("--fine-until", type=int, default=5, help="also measure after each of the first N steps")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--learned-lr", action=argparse.BooleanOptionalAction, default=True,
+                   help="fine-tune a checkpoint that carries learned rate multipliers (meta.learn_inner_lr) at them, as src.personalize does")
     p.add_argument("--seeds", type=int, default=1, help="data orders per identity (curves are averaged)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--name", default="personalize_curves")
     a = p.parse_args(argv)
+
+    from src.modules.personalize_module import learned_lr_scales
 
     manifest = json.loads((Path(a.shards) / "manifest.json").read_text())
     identities = manifest["splits"][a.split]["identities"]
@@ -129,6 +135,9 @@ def main(argv=None) -> None:
         "command": "python -m benchmarks.bench_personalize " + " ".join(argv if argv is not None else sys.argv[1:]),
         "identities": len(identities), "seeds": a.seeds,
         "optimiser": f"Adam lr {a.lr} (warp x0.1), batch {a.batch_size}",
+        # which starts fine-tuned at learned per-tensor multipliers of that rate (median multiplier)
+        "learned_lr_scale_median": {name: round(float(np.median(list(s.values()))), 3)
+                                    for name, init in inits.items() if a.learned_lr and (s := learned_lr_scales(init))},
         **summarise(steps, mean, a.steps),
         "curve_steps": steps,
         **{f"{name}_curve": [round(float(v), 4) for v in c] for name, c in mean.items()},

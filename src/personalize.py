@@ -8,7 +8,8 @@
 2. The last --heldout-fraction of every clip is held out; the generator (a stage-1 or meta checkpoint) is
    fine-tuned on the rest, with the held-out loss measured every --eval-every steps. Training stops at
    --steps, at --time-budget, or when the held-out loss has not improved for --patience steps; the weights
-   with the best held-out loss are kept.
+   with the best held-out loss are kept. A meta checkpoint trained with meta.learn_inner_lr carries a learned
+   multiplier of the rate for every tensor; they are applied on top of --lr (--no-learned-lr ignores them).
 3. Written: OUT.ckpt (a generator checkpoint that animate/evaluate/personalize read), OUT.report.json
    (held-out PSNR, SSIM and identity similarity before and after, steps, wall time) and
    OUT.preview.mp4 (held-out frames: real | before | after).
@@ -42,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4, help="learning rate (warp parameters at optim.warp_lr_mult of it)")
+    p.add_argument("--learned-lr", action=argparse.BooleanOptionalAction, default=True,
+                   help="apply the per-tensor rate multipliers a meta checkpoint learned (meta.learn_inner_lr), when it has them")
     p.add_argument("--heldout-fraction", type=float, default=0.2, help="tail of every clip kept for validation")
     p.add_argument("--eval-every", type=int, default=25, help="steps between held-out evaluations")
     p.add_argument("--patience", type=int, default=100, help="stop after this many steps without held-out improvement")
@@ -166,7 +169,7 @@ def personalize(a: argparse.Namespace) -> dict:
 
     from data_modules.personal import PersonalVideoDataModule
     from src.faces.identity import make_embedder
-    from src.modules.personalize_module import PersonalizeModule, load_generator
+    from src.modules.personalize_module import PersonalizeModule, learned_lr_scales, load_generator
 
     paths = output_paths(a.output)
     existing = [str(p) for k, p in paths.items() if k != "work" and p.exists()]
@@ -178,6 +181,7 @@ def personalize(a: argparse.Namespace) -> dict:
         raise UserError(f"cannot create the --output folder {a.output.parent}: {exc.strerror}") from None
     device = resolve_device(a.device)
     generator, cfg, id_dim = load_generator(a.checkpoint)  # checked before any long work
+    lr_scale = learned_lr_scales(a.checkpoint) if a.learned_lr else None
     if a.perceptual:
         cfg["loss"]["perceptual"] = a.perceptual
     t0 = time.time()
@@ -196,7 +200,8 @@ def personalize(a: argparse.Namespace) -> dict:
     generator.to(device)
     before = evaluate(generator, dm, device, embedder, a.max_eval_frames, keep_frames=True)
 
-    module = PersonalizeModule(cfg, id_dim, a.lr, generator)
+    module = PersonalizeModule(cfg, id_dim, a.lr, generator, lr_scale)
+    module.param_lrs()  # multipliers that do not fit the generator: an error now, not after training
     ckpt_dir = work / "checkpoints"
     best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/loss", mode="min", save_top_k=1,
                            save_last=True)
@@ -230,6 +235,8 @@ def personalize(a: argparse.Namespace) -> dict:
         "best_heldout_loss": float(best.best_model_score) if best.best_model_score is not None else None,
         "heldout": {"before": before, "after": after}, "heldout_frames": sum(hi - lo for lo, hi in dm.val_ranges),
         "train_frames": sum(hi - lo for lo, hi in dm.train_ranges), "identity_backend": dm.manifest["embedding"]["backend"],
+        "lr": a.lr, "learned_lr_scale": None if lr_scale is None else
+        {k: round(f(lr_scale.values()), 4) for k, f in (("min", min), ("median", lambda v: float(np.median(list(v)))), ("max", max))},
         "seconds": {"preprocess": round(t_pre, 1), "fine_tune": round(t_train, 1), "total": round(time.time() - t0, 1)},
     }
     tmp = paths["report"].with_name(paths["report"].name + ".tmp")
@@ -238,7 +245,9 @@ def personalize(a: argparse.Namespace) -> dict:
     _atomic_save({"state_dict": {f"generator.{k}": v.cpu() for k, v in generator.state_dict().items()},
                   "hyper_parameters": {"cfg": cfg, "id_dim": id_dim},
                   "personalized": {"embedding": dm.embedding.astype(np.float32).tolist(), "steps": int(trainer.global_step),
-                                   "source_checkpoint": str(a.checkpoint)}}, paths["checkpoint"])
+                                   "source_checkpoint": str(a.checkpoint)},
+                  # the learned rates travel on: personalizing this checkpoint again fine-tunes at them too
+                  **({"inner_lr_scale": lr_scale} if lr_scale is not None else {})}, paths["checkpoint"])
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the resume state is no longer needed
     return report
 

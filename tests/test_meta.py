@@ -69,7 +69,7 @@ def test_reptile_outer_gradient_is_theta_minus_adapted(shards):
 def test_reptile_with_outer_sgd_at_lr_1_lands_on_the_mean_adapted_weights(shards):
     module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.01",
                           "meta.outer_optimizer=sgd", "optim.lr=1.0")
-    opt = module.configure_optimizers()
+    (opt,) = module.configure_optimizers()
     assert isinstance(opt, torch.optim.SGD)
     theta = {n: p.detach().clone() for n, p in module.generator.named_parameters()}
     mean_fast = {n: torch.zeros_like(p) for n, p in theta.items()}
@@ -94,9 +94,9 @@ def test_linear_outer_lr_decay_reaches_zero_at_the_last_step(shards):
 
     module, _ = _meta(shards, "meta.outer_optimizer=sgd", "meta.outer_lr_decay=linear", "optim.lr=0.5")
     module._trainer = SimpleNamespace(estimated_stepping_batches=4)  # what a Trainer with max_steps=4 reports
-    conf = module.configure_optimizers()
+    (opt,), (sched,) = module.configure_optimizers()
     module._trainer = None
-    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    sched = sched["scheduler"]
     lrs = []
     for _ in range(5):
         lrs.append(opt.param_groups[0]["lr"])
@@ -144,6 +144,75 @@ def test_multi_step_loss_averages_the_query_gradient_over_the_start_and_every_in
         assert torch.allclose(grads[n], expected[n], rtol=1e-3, atol=1e-8), n
     with pytest.raises(UserError, match="multi_step_loss"):
         _meta(shards, "meta.algorithm=reptile", "meta.multi_step_loss=true")
+
+
+def test_learned_inner_rate_gradient_is_the_derivative_of_the_adapted_query_loss(shards):
+    # one inner SGD step: theta_1 = theta_0 - rate * g_0 with g_0 independent of the rate, so the first-order
+    # formula <dL_q/dtheta_1, theta_1 - theta_0> is the exact derivative in log(rate): checked by finite differences
+    module, batch = _meta(shards, "meta.algorithm=fomaml", "meta.inner_optimizer=sgd", "meta.inner_lr=0.05",
+                          "meta.inner_steps=1", "meta.learn_inner_lr=true")
+    module.double()
+    batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+    assert module.inner_log_lr.shape == (len(module.param_names),) and float(module.inner_log_lr.detach().abs().sum()) == 0
+    objective, _ = module.outer_objective(batch)
+    objective.backward()
+    grad = module.inner_log_lr.grad.clone()
+    assert float(grad.abs().sum()) > 0
+    for i in grad.abs().topk(2).indices.tolist():  # the two rates that matter most
+        losses = []
+        for eps in (1e-3, -1e-3):
+            with torch.no_grad():
+                module.inner_log_lr[i] = eps
+            fast = [module.adapt(batch, t, 1)[0] for t in range(2)]
+            with torch.no_grad():
+                losses.append(sum(float(module.query_loss(f, batch, t)[0]) for t, f in enumerate(fast)) / 2)
+        with torch.no_grad():
+            module.inner_log_lr[i] = 0.0
+        assert grad[i].item() == pytest.approx((losses[0] - losses[1]) / 2e-3, rel=2e-2), module.param_names[i]
+
+
+def test_learned_rates_are_stepped_bounded_saved_and_read_back(shards, tmp_path):
+    from src.modules.personalize_module import PersonalizeModule, learned_lr_scales
+
+    module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.01",
+                          "meta.learn_inner_lr=true", "meta.inner_lr_lr=0.5", "meta.inner_lr_scale_max=1.2")
+    opt, rate_opt = module.configure_optimizers()
+    assert rate_opt.param_groups[0]["params"] == [module.inner_log_lr]
+    theta = {n: p.detach().clone() for n, p in module.generator.named_parameters()}
+    module.outer_objective(batch)[0].backward()
+    assert module.inner_log_lr.grad is not None and float(module.inner_log_lr.grad.abs().sum()) > 0
+    # reptile's own outer gradient is unchanged by the rates' query term
+    rate_opt.step()
+    with torch.no_grad():  # what training_step does after the step
+        module.inner_log_lr.clamp_(-torch.log(torch.tensor(1.2)), torch.log(torch.tensor(1.2)))
+    scale = module.inner_lr_scale()
+    assert max(scale.values()) <= 1.2 + 1e-6 and min(scale.values()) >= 1 / 1.2 - 1e-6
+    assert len(set(round(v, 6) for v in scale.values())) > 1  # Adam's first step: +-0.5, clamped to +-log 1.2
+    # the inner loop runs at the learned rates: one SGD step moves each tensor rate * scale * gradient
+    fast, _ = module.adapt(batch, 0, 1)
+    start = {n: v.clone().requires_grad_(True) for n, v in theta.items()}
+    loss, _ = module.task_loss(start, batch, 0, "support", [0, 1])
+    grads = dict(zip(theta, torch.autograd.grad(loss, list(start.values()))))
+    for n in (module.param_names[0], module.param_names[-1]):  # a warp tensor (warp_lr_mult) and a refiner one
+        lr = module._lr(n, 0.01) * scale[n]
+        assert torch.allclose(fast[n].detach(), theta[n] - lr * grads[n], rtol=1e-4, atol=1e-8), n
+    # saved as plain floats by name (weights_only), read back by personalization, applied on top of its rate
+    ckpt = {"state_dict": {f"generator.{k}": v for k, v in module.generator.state_dict().items()},
+            "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "meta.ckpt")
+    read = learned_lr_scales(tmp_path / "meta.ckpt")
+    assert read == pytest.approx(scale)
+    pm = PersonalizeModule(module.hparams["cfg"], module.hparams["id_dim"], 2e-4, module.generator, read)
+    lr_of = {id(p): g["lr"] for g in pm.configure_optimizers().param_groups for p in g["params"]}
+    for n, p in module.generator.named_parameters():
+        assert lr_of[id(p)] == pytest.approx(module._lr(n, 2e-4) * scale[n]), n
+    torch.save({"state_dict": ckpt["state_dict"]}, tmp_path / "stage1.ckpt")
+    assert learned_lr_scales(tmp_path / "stage1.ckpt") is None  # a checkpoint without rates: the plain rate
+    with pytest.raises(UserError, match="do not name"):
+        PersonalizeModule(module.hparams["cfg"], module.hparams["id_dim"], 2e-4, module.generator, {"x": 1.0}).param_lrs()
+    with pytest.raises(UserError, match="inner_lr_scale_max"):
+        _meta(shards, "meta.learn_inner_lr=true", "meta.inner_lr_scale_max=0.5")
 
 
 def test_maml_is_second_order_and_needs_inner_sgd(shards, tmp_path):
@@ -198,10 +267,11 @@ def test_meta_stage_starts_from_the_latest_stage1_run_and_records_lineage(shards
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
-def test_ddp_meta_keeps_ranks_identical(shards, tmp_path, algorithm):
+@pytest.mark.parametrize("algorithm,extra", [("reptile", ["meta.learn_inner_lr=true"]), ("fomaml", [])])
+def test_ddp_meta_keeps_ranks_identical(shards, tmp_path, algorithm, extra):
+    # the hash covers the whole module state: with learned rates, those are the same on both ranks too
     r = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "ddp_stage1.py"), str(shards), str(tmp_path),
-                        "meta", f"meta.algorithm={algorithm}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                        "meta", f"meta.algorithm={algorithm}", *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert ranks[0]["world_size"] == 2 and ranks[0]["step"] > 0

@@ -10,6 +10,10 @@ with a fresh inner optimiser, each inner step on different support frames. The o
 averaged over tasks. With `meta.multi_step_loss` (fomaml/maml) the query loss is taken before and after every
 inner step and averaged (MAML++'s multi-step loss), so the unadapted start and every early step count, not only
 the last one. The outer step is Adam (the original's) or Reptile's plain SGD step, optionally annealed to zero.
+With `meta.learn_inner_lr` the inner rate of every generator tensor is meta-learned too (MAML++'s per-layer rates):
+theta_K - theta_0 is proportional to the tensor's rate, so to first order d query_loss / d log(rate) is
+<d query_loss / d theta_K, theta_K - theta_0> for that tensor (exact for one SGD step); the rates are saved in
+the checkpoint (`inner_lr_scale`) and `src.personalize` fine-tunes with them.
 The outer gradient reaches the parameters through ONE `manual_backward` per step (a surrogate sum(theta * g)
 for the first-order algorithms), so DDP all-reduces it exactly once and every rank applies the same outer
 update; the inner loops never touch the DDP-wrapped parameters.
@@ -18,6 +22,8 @@ Validation adapts to each held-out identity for `meta.val_adapt_steps` and logs 
 and after: `val/adapt_gain` > 0 is what meta-training should raise.
 """
 from __future__ import annotations
+
+import math
 
 import lightning as L
 import torch
@@ -67,8 +73,14 @@ class MetaLearnerModule(L.LightningModule):
             raise UserError("meta.multi_step_loss weighs query losses, which reptile does not use: use fomaml or maml")
         if m.outer_lr_decay not in ("constant", "linear"):
             raise UserError(f"meta.outer_lr_decay must be constant or linear, got '{m.outer_lr_decay}'")
+        if m.learn_inner_lr and not (m.inner_lr_lr > 0 and m.inner_lr_scale_max >= 1):
+            raise UserError("meta.learn_inner_lr needs meta.inner_lr_lr > 0 and meta.inner_lr_scale_max >= 1, got "
+                            f"{m.inner_lr_lr} and {m.inner_lr_scale_max}")
         self.automatic_optimization = False
         self.generator = build_generator(self.cfg.model, id_dim)
+        self.param_names = [n for n, _ in self.generator.named_parameters()]
+        # log of each generator tensor's multiplier of its inner rate (0: the configured rate), or none
+        self.inner_log_lr = (torch.nn.Parameter(torch.zeros(len(self.param_names))) if m.learn_inner_lr else None)
         # A frozen stage-1 discriminator supplies the GAN terms when they are wanted in the inner loop.
         self.discriminator = build_discriminator(self.cfg.model).requires_grad_(False) if m.gan_in_inner_loop else None
         self.perceptual = build_perceptual(self.cfg.loss)
@@ -100,6 +112,20 @@ class MetaLearnerModule(L.LightningModule):
     def _lr(self, name: str, base: float) -> float:
         return base * (self.cfg.optim.warp_lr_mult if name.startswith("warper.") else 1.0)
 
+    def inner_lr_scale(self) -> dict[str, float]:
+        """The learned multiplier of each generator tensor's inner rate (all 1 without meta.learn_inner_lr)."""
+        if self.inner_log_lr is None:
+            return {n: 1.0 for n in self.param_names}
+        return dict(zip(self.param_names, self.inner_log_lr.detach().exp().tolist()))
+
+    def inner_lrs(self, differentiable: bool = False) -> dict:
+        """Each tensor's inner rate: floats, or (second order) tensors that keep the learned rates in the graph."""
+        base = {n: self._lr(n, self.cfg.meta.inner_lr) for n in self.param_names}
+        if differentiable and self.inner_log_lr is not None:
+            scale = self.inner_log_lr.exp()
+            return {n: base[n] * scale[i] for i, n in enumerate(self.param_names)}
+        return {n: base[n] * s for n, s in self.inner_lr_scale().items()}
+
     def adapt(self, batch: dict, t: int, steps: int, second_order: bool = False, visit=None) -> tuple[dict, list[float]]:
         """Fast weights adapted to task t on its support frames, and the support loss of each inner step.
         First order: the fast weights are a detached copy; second order: they stay functions of theta.
@@ -109,10 +135,13 @@ class MetaLearnerModule(L.LightningModule):
         fast = dict(theta) if second_order else {n: p.detach().clone().requires_grad_(True) for n, p in theta.items()}
         k = batch["support"].shape[1]
         b = min(m.inner_batch, k)
+        lrs = self.inner_lrs(differentiable=second_order)
         opt = None
         if not second_order:
-            groups = [{"params": [fast[n] for n in fast if n.startswith("warper.") == w], "lr": self._lr("warper." if w else "", m.inner_lr)}
-                      for w in (False, True)]
+            by_lr: dict[float, list] = {}  # one group per distinct rate: two without learned rates
+            for n, p in fast.items():
+                by_lr.setdefault(lrs[n], []).append(p)
+            groups = [{"params": ps, "lr": lr} for lr, ps in by_lr.items()]
             opt = (torch.optim.Adam(groups, betas=tuple(self.cfg.optim.betas)) if m.inner_optimizer == "adam"
                    else torch.optim.SGD(groups))
         history = []
@@ -124,7 +153,7 @@ class MetaLearnerModule(L.LightningModule):
             history.append(float(loss.detach()))
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=second_order)
             if second_order:
-                fast = {n: p - self._lr(n, m.inner_lr) * g for (n, p), g in zip(fast.items(), grads)}
+                fast = {n: p - lrs[n] * g for (n, p), g in zip(fast.items(), grads)}
             else:
                 for p, g in zip(fast.values(), grads):
                     p.grad = g
@@ -138,12 +167,15 @@ class MetaLearnerModule(L.LightningModule):
 
     # ---------------------------------------------------------------- training
     def outer_objective(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        """A scalar whose gradient with respect to the generator's parameters is this rank's outer gradient
-        (mean over its tasks), and the step's statistics."""
+        """A scalar whose gradient with respect to the generator's parameters (and the learned inner rates) is this
+        rank's outer gradient (mean over its tasks), and the step's statistics."""
         m = self.cfg.meta
         theta = dict(self.generator.named_parameters())
+        theta0 = {n: p.detach() for n, p in theta.items()}
         n_tasks = batch["source"].shape[0]
         outer = {n: torch.zeros_like(p) for n, p in theta.items()}
+        first_order_rates = self.inner_log_lr is not None and m.algorithm != "maml"
+        rate_grad = torch.zeros_like(self.inner_log_lr) if first_order_rates else None
         objective = torch.zeros((), device=self.device)
         first, last, query, query_start = [], [], [], []
         # the query loss after the last inner step, or (multi_step_loss) its mean over the start and every step
@@ -155,11 +187,15 @@ class MetaLearnerModule(L.LightningModule):
                 nonlocal objective
                 loss_q, _ = self.query_loss(fast, batch, t)
                 task_query.append(float(loss_q.detach()))
-                if m.algorithm == "fomaml":
-                    for n, g in zip(fast, torch.autograd.grad(loss_q, list(fast.values()))):
-                        outer[n] += g / (n_tasks * points)
-                else:  # maml: the query loss differentiates through the inner updates back to theta
+                if m.algorithm == "maml":  # the query loss differentiates through the inner updates back to theta
                     objective = objective + loss_q / (n_tasks * points)
+                    return
+                grads = torch.autograd.grad(loss_q, list(fast.values()))
+                for i, (n, g) in enumerate(zip(fast, grads)):
+                    if m.algorithm == "fomaml":
+                        outer[n] += g / (n_tasks * points)
+                    if first_order_rates:  # d loss / d log(rate_n) = <g_n, theta_n - theta0_n> (first order)
+                        rate_grad[i] += (g * (fast[n].detach() - theta0[n])).sum() / (n_tasks * points)
 
             visit = on_query if m.multi_step_loss else None
             fast, hist = self.adapt(batch, t, m.inner_steps, second_order=m.algorithm == "maml", visit=visit)
@@ -167,15 +203,17 @@ class MetaLearnerModule(L.LightningModule):
             last.append(hist[-1])
             if m.algorithm == "reptile":
                 for n in theta:
-                    outer[n] += (theta[n].detach() - fast[n].detach()) / n_tasks
-                continue
-            if not m.multi_step_loss:
-                on_query(fast)
-            query.append(task_query[-1])
-            query_start.append(task_query[0])
+                    outer[n] += (theta0[n] - fast[n].detach()) / n_tasks
+            if not m.multi_step_loss and (m.algorithm != "reptile" or first_order_rates):
+                on_query(fast)  # reptile takes the query gradient only for the learned rates
+            if task_query:
+                query.append(task_query[-1])
+                query_start.append(task_query[0])
         if m.algorithm != "maml":
             # d/dtheta sum(theta * g) = g: the outer gradient, all-reduced by DDP in the one backward
             objective = sum((p * outer[n]).sum() for n, p in theta.items())
+            if first_order_rates:
+                objective = objective + (self.inner_log_lr * rate_grad).sum()
         stats = {"support_loss_first": sum(first) / n_tasks, "support_loss_last": sum(last) / n_tasks}
         if query:
             stats["query_loss"] = sum(query) / n_tasks
@@ -184,20 +222,36 @@ class MetaLearnerModule(L.LightningModule):
         return objective, stats
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt = self.optimizers()
+        opts = self.optimizers()
+        opt, rate_opt = (opts[0], opts[1]) if isinstance(opts, list) else (opts, None)
         objective, stats = self.outer_objective(batch)
         if not self.guard.ok(torch.tensor(list(stats.values())).sum() + objective.detach().cpu()):
             return
         opt.zero_grad(set_to_none=True)
+        if rate_opt is not None:
+            rate_opt.zero_grad(set_to_none=True)
         self.manual_backward(objective)
         if self.cfg.meta.grad_clip_norm:
             self.clip_gradients(opt, gradient_clip_val=self.cfg.meta.grad_clip_norm, gradient_clip_algorithm="norm")
         opt.step()
+        if rate_opt is not None:
+            rate_opt.step()
+            with torch.no_grad():  # a bound keeps one noisy task from sending a rate where the inner loop diverges
+                limit = math.log(self.cfg.meta.inner_lr_scale_max)
+                self.inner_log_lr.clamp_(-limit, limit)
+            scale = self.inner_log_lr.detach().exp()
+            stats.update(inner_lr_scale_min=float(scale.min()), inner_lr_scale_median=float(scale.median()),
+                         inner_lr_scale_max=float(scale.max()))
         if (sched := self.lr_schedulers()) is not None:
             sched.step()
         n = batch["source"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, sync_dist=True, batch_size=n)
         self.log("train/loss", stats.get("query_loss", stats["support_loss_last"]), prog_bar=True, sync_dist=True, batch_size=n)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # plain floats by tensor name: what src.personalize reads (weights_only) to fine-tune at the learned rates
+        if self.inner_log_lr is not None:
+            checkpoint["inner_lr_scale"] = self.inner_lr_scale()
 
     # ---------------------------------------------------------------- validation: adapt, then measure
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -225,8 +279,8 @@ class MetaLearnerModule(L.LightningModule):
         self.val_metrics.log_to(self, prog_bar=("adapt_gain",))
 
     def configure_optimizers(self):
-        o = self.cfg.optim
-        if self.cfg.meta.outer_optimizer == "sgd":
+        o, m = self.cfg.optim, self.cfg.meta
+        if m.outer_optimizer == "sgd":
             # Reptile's own form: theta <- theta + lr * mean(theta_adapted - theta); lr 1 = the mean adapted weights.
             # One rate for all: the inner loop already moved the warp parameters warp_lr_mult times less.
             opt = torch.optim.SGD(self.generator.parameters(), lr=o.lr, weight_decay=o.weight_decay)
@@ -234,10 +288,12 @@ class MetaLearnerModule(L.LightningModule):
             opt = torch.optim.Adam([{"params": self.generator.refiner.parameters(), "lr": o.lr},
                                     {"params": self.generator.warper.parameters(), "lr": o.lr * o.warp_lr_mult}],
                                    betas=tuple(o.betas), weight_decay=o.weight_decay)
-        if self.cfg.meta.outer_lr_decay == "constant":
-            return opt
+        # the log-rates get Adam of their own: steps of about inner_lr_lr whatever the outer algorithm's scale
+        opts = [opt] if self.inner_log_lr is None else [opt, torch.optim.Adam([self.inner_log_lr], lr=m.inner_lr_lr)]
+        if m.outer_lr_decay == "constant":
+            return opts
         # linear to zero over the run (Reptile's annealing): with a constant step the final weights lean towards
         # the last few tasks' adapted weights, which costs the start on every other person
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opts, [{"scheduler": sched, "interval": "step"}]

@@ -2,7 +2,8 @@
 
 Plain reconstruction fine-tuning (the refine stage's non-adversarial losses), no discriminator: the
 adaptation budget is seconds to minutes. `load_generator` reads any generator checkpoint of this project
-(refine, meta, personalize) with weights_only=True.
+(refine, meta, personalize) with weights_only=True; `learned_lr_scales` reads the per-tensor rate multipliers a
+meta run with `meta.learn_inner_lr` learned, which fine-tuning then applies on top of its rate.
 """
 from __future__ import annotations
 
@@ -49,12 +50,26 @@ def load_generator(checkpoint: str | Path) -> tuple[TalkingHeadGenerator, dict, 
     return generator, cfg, id_dim
 
 
+def learned_lr_scales(checkpoint: str | Path) -> dict[str, float] | None:
+    """{generator tensor name: multiplier of the fine-tuning rate} learned by meta-training, or None when the
+    checkpoint has none (stage 1, or meta without meta.learn_inner_lr)."""
+    state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True, mmap=True)  # mmap: no weight copy
+    scales = state.get("inner_lr_scale") if isinstance(state, dict) else None
+    if scales is None:
+        return None
+    if not isinstance(scales, dict) or not all(isinstance(v, float) and v > 0 for v in scales.values()):
+        raise UserError(f"{checkpoint}: inner_lr_scale is not a map of positive rate multipliers")
+    return {str(k): float(v) for k, v in scales.items()}
+
+
 class PersonalizeModule(L.LightningModule):
-    def __init__(self, cfg: dict, id_dim: int, lr: float, generator: TalkingHeadGenerator | None = None):
+    def __init__(self, cfg: dict, id_dim: int, lr: float, generator: TalkingHeadGenerator | None = None,
+                 lr_scale: dict[str, float] | None = None):
         super().__init__()
         self.save_hyperparameters({"cfg": cfg, "id_dim": id_dim, "lr": lr})
         self.cfg = OmegaConf.create(cfg)
         self.lr = lr
+        self.lr_scale = lr_scale
         self.generator = generator if generator is not None else build_generator(self.cfg.model, id_dim)
         self.perceptual = build_perceptual(self.cfg.loss)
         self.val_metrics = ReconstructionMetrics()
@@ -77,9 +92,16 @@ class PersonalizeModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.val_metrics.log_to(self, prog_bar=("loss",))
 
+    def param_lrs(self) -> dict[str, float]:
+        """Each generator tensor's rate: lr (warp tensors at optim.warp_lr_mult of it) times its learned multiplier."""
+        mult, names = self.cfg.optim.warp_lr_mult, [n for n, _ in self.generator.named_parameters()]
+        if self.lr_scale is not None and set(self.lr_scale) != set(names):
+            raise UserError("the learned rate multipliers do not name this generator's tensors")
+        scale = self.lr_scale or {}
+        return {n: self.lr * (mult if n.startswith("warper.") else 1.0) * scale.get(n, 1.0) for n in names}
+
     def configure_optimizers(self):
-        o = self.cfg.optim
-        warp = list(self.generator.warper.parameters())
-        rest = list(self.generator.refiner.parameters())
-        return torch.optim.Adam([{"params": rest, "lr": self.lr}, {"params": warp, "lr": self.lr * o.warp_lr_mult}],
-                                betas=tuple(o.betas))
+        lrs, groups = self.param_lrs(), {}
+        for n, p in self.generator.named_parameters():  # one group per distinct rate: two without learned rates
+            groups.setdefault(lrs[n], []).append(p)
+        return torch.optim.Adam([{"params": ps, "lr": lr} for lr, ps in groups.items()], betas=tuple(self.cfg.optim.betas))
