@@ -12,9 +12,10 @@ personalize defaults) for --steps steps, and measure the held-out loss after eve
 Printed (JSON): the mean curves, the loss the stage-1 initialisation reaches at --steps, the first measured
 step at which the meta initialisation reaches it, and their ratio (the goal: at most 0.25). Also printed:
 the first step at which the stage-1 initialisation itself gets there, both losses at step 0, and the same
-step count for the control. A meta checkpoint that learned per-tensor rate multipliers (meta.learn_inner_lr) is
-fine-tuned at them, as src.personalize does (--no-learned-lr: at the plain rate). The control answers "is it meta-learning or just more training?": give the
-stage-1 model trained on for as long as meta-training took (same data, its own objective).
+step count for the control. The control answers "is it meta-learning or just more training?": give the
+stage-1 model trained on for as long as meta-training took (same data, its own objective). A checkpoint that
+carries learned per-tensor rate multipliers (meta.learn_inner_lr) is fine-tuned at them, as src.personalize
+does (--no-learned-lr: every start at the plain rate).
 """
 from __future__ import annotations
 

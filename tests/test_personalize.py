@@ -71,6 +71,24 @@ def test_fine_tuning_lowers_the_heldout_loss(personalized, tiny_generator_ckpt):
     assert loss["personal"] < loss["start"]
 
 
+def test_learned_rates_of_a_meta_checkpoint_are_applied_and_carried_on(tiny_generator_ckpt, clip, tmp_path):
+    # a checkpoint whose learned multipliers all but freeze the warp network: fine-tuning must leave it in place
+    state = torch.load(tiny_generator_ckpt, map_location="cpu", weights_only=True)
+    names = [k[len("generator."):] for k in state["state_dict"] if k.startswith("generator.")]
+    trainable = {n for n, _ in load_generator(tiny_generator_ckpt)[0].named_parameters()}
+    state["inner_lr_scale"] = {n: (1e-6 if n.startswith("warper.") else 1.0) for n in names if n in trainable}
+    torch.save(state, tmp_path / "meta.ckpt")
+    out = tmp_path / "me.ckpt"
+    assert personalize.main(_args(tmp_path / "meta.ckpt", clip, out, "--steps", "4", "--eval-every", "4", "--lr", "1e-3")) == 0
+    start, tuned = load_generator(tmp_path / "meta.ckpt")[0], load_generator(out)[0]
+    moved = {n: float((a - b).abs().max()) for (n, a), (_, b) in zip(start.named_parameters(), tuned.named_parameters())}
+    assert max(v for n, v in moved.items() if n.startswith("warper.")) < 1e-6  # 4 Adam steps of at most 1e-3 * 1e-6 * 0.1
+    assert max(v for n, v in moved.items() if n.startswith("refiner.")) > 1e-4
+    report = json.loads((tmp_path / "me.report.json").read_text())
+    assert report["learned_lr_scale"]["min"] == 0.0 and report["learned_lr_scale"]["max"] == 1.0  # 4 decimals
+    assert torch.load(out, weights_only=True)["inner_lr_scale"] == state["inner_lr_scale"]
+
+
 def test_existing_output_is_kept_without_overwrite(personalized, tiny_generator_ckpt, clip):
     before = personalized.stat().st_mtime_ns
     with pytest.raises(UserError, match="--overwrite"):
