@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -57,11 +58,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def is_launch_rank_zero() -> bool:
+    """Whether this process is global rank 0 of a torchrun, Lightning or SLURM launch (True when not distributed).
+    Files written before the Trainer exists come from this process only: every rank runs this script."""
+    return all(int(os.environ.get(k, 0)) == 0 for k in ("RANK", "NODE_RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
 def prepare_run_dir(run_dir: Path) -> Path:
     """Create the run folder and prove it is writable, with an actionable error otherwise."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
+        # a probe of this process's own: ranks that shared one name removed each other's (a launch-time race)
+        probe = run_dir / f".write_test.{socket.gethostname()}.{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
@@ -94,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     check_data_root(cfg.data.root)
     runner = stage_runner(cfg.stage)
     run_dir = prepare_run_dir(run_dir_of(cfg))
-    save_config(cfg, run_dir)
+    if is_launch_rank_zero():  # one writer: two ranks renaming one config.yaml.tmp race each other
+        save_config(cfg, run_dir)
     import lightning as L
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)

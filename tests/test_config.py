@@ -162,3 +162,39 @@ def test_train_writes_resolved_config_and_logs(tmp_path, monkeypatch):
     assert "train/loss" in metrics[0] and "val/loss" in metrics[0]
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def _probe_repeatedly(run_dir: str, n: int, start) -> None:
+    from src.train import prepare_run_dir
+
+    start.wait()  # both processes at once, as the ranks of a launch are
+    for _ in range(n):
+        prepare_run_dir(Path(run_dir))
+
+
+def test_ranks_preparing_one_run_folder_at_once_do_not_trip_over_each_other(tmp_path):
+    # every DDP rank runs src.train: with one shared probe name, one rank's unlink removed the other's probe and it
+    # stopped with "cannot write the run folder" (seen once in a torchrun test run)
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_probe_repeatedly, args=(str(tmp_path / "run"), 2000, start)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert list((tmp_path / "run").iterdir()) == []  # every probe removed
+
+
+def test_only_the_launch_rank_zero_writes_the_config(monkeypatch):
+    from src.train import is_launch_rank_zero
+
+    for k in ("RANK", "NODE_RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(k, raising=False)
+    assert is_launch_rank_zero()
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "1"), ("NODE_RANK", "1"), ("SLURM_PROCID", "3")):
+        monkeypatch.setenv(k, v)
+        assert is_launch_rank_zero() == (v == "0"), k
+        monkeypatch.delenv(k)
