@@ -111,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run folder: {run_dir}")
     from src.loggers import finish_wandb
 
+    from src.trainer import close_distributed
+
     try:
         runner(cfg, run_dir)
     finally:
         finish_wandb()
+        close_distributed()
     return 0
 
 

@@ -40,3 +40,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback] | No
         callbacks=[checkpoint_callback(cfg, run_dir), *(callbacks or [])],
         **kwargs,
     )
+
+
+def close_distributed() -> None:
+    """Tear down the process group when training is over. Lightning does this at exit for NCCL only; a gloo
+    (CPU DDP) group left to interpreter teardown can abort a finished run ('terminate called without an
+    active exception', exit code -6), seen in the CPU DDP tests."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

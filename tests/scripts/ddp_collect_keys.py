@@ -38,3 +38,6 @@ if __name__ == "__main__":
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0)
     trainer.fit(Recorder(out, "key" if mode == "pairs" else "identity"), datamodule=dm)
+    from src.trainer import close_distributed
+
+    close_distributed()  # as src.train does: gloo's group torn down before exit

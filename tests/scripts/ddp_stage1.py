@@ -47,3 +47,6 @@ if __name__ == "__main__":
                         inference_mode=cfg.trainer.inference_mode,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[WeightsHash(out)])
     trainer.fit(module, datamodule=dm)
+    from src.trainer import close_distributed
+
+    close_distributed()  # as src.train does: gloo's group torn down before exit
