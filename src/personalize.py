@@ -169,7 +169,7 @@ def personalize(a: argparse.Namespace) -> dict:
 
     from data_modules.personal import PersonalVideoDataModule
     from src.faces.identity import make_embedder
-    from src.modules.personalize_module import PersonalizeModule, learned_lr_scales, load_generator
+    from src.modules.personalize_module import PersonalizeModule, check_lr_scale, learned_lr_scales, load_generator
 
     paths = output_paths(a.output)
     existing = [str(p) for k, p in paths.items() if k != "work" and p.exists()]
@@ -182,6 +182,7 @@ def personalize(a: argparse.Namespace) -> dict:
     device = resolve_device(a.device)
     generator, cfg, id_dim = load_generator(a.checkpoint)  # checked before any long work
     lr_scale = learned_lr_scales(a.checkpoint) if a.learned_lr else None
+    check_lr_scale(generator, lr_scale)
     if a.perceptual:
         cfg["loss"]["perceptual"] = a.perceptual
     t0 = time.time()
@@ -201,7 +202,6 @@ def personalize(a: argparse.Namespace) -> dict:
     before = evaluate(generator, dm, device, embedder, a.max_eval_frames, keep_frames=True)
 
     module = PersonalizeModule(cfg, id_dim, a.lr, generator, lr_scale)
-    module.param_lrs()  # multipliers that do not fit the generator: an error now, not after training
     ckpt_dir = work / "checkpoints"
     best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/loss", mode="min", save_top_k=1,
                            save_last=True)
@@ -235,8 +235,7 @@ def personalize(a: argparse.Namespace) -> dict:
         "best_heldout_loss": float(best.best_model_score) if best.best_model_score is not None else None,
         "heldout": {"before": before, "after": after}, "heldout_frames": sum(hi - lo for lo, hi in dm.val_ranges),
         "train_frames": sum(hi - lo for lo, hi in dm.train_ranges), "identity_backend": dm.manifest["embedding"]["backend"],
-        "lr": a.lr, "learned_lr_scale": None if lr_scale is None else
-        {k: round(f(lr_scale.values()), 4) for k, f in (("min", min), ("median", lambda v: float(np.median(list(v)))), ("max", max))},
+        "lr": a.lr, "learned_lr_scale": _spread(list(lr_scale.values())) if lr_scale is not None else None,
         "seconds": {"preprocess": round(t_pre, 1), "fine_tune": round(t_train, 1), "total": round(time.time() - t0, 1)},
     }
     tmp = paths["report"].with_name(paths["report"].name + ".tmp")
@@ -250,6 +249,10 @@ def personalize(a: argparse.Namespace) -> dict:
                   **({"inner_lr_scale": lr_scale} if lr_scale is not None else {})}, paths["checkpoint"])
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the resume state is no longer needed
     return report
+
+
+def _spread(values: list[float]) -> dict:
+    return {"min": round(min(values), 4), "median": round(float(np.median(values)), 4), "max": round(max(values), 4)}
 
 
 def _stop_reason(trainer, a) -> str:

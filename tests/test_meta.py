@@ -209,7 +209,7 @@ def test_learned_rates_are_stepped_bounded_saved_and_read_back(shards, tmp_path)
         assert lr_of[id(p)] == pytest.approx(module._lr(n, 2e-4) * scale[n]), n
     torch.save({"state_dict": ckpt["state_dict"]}, tmp_path / "stage1.ckpt")
     assert learned_lr_scales(tmp_path / "stage1.ckpt") is None  # a checkpoint without rates: the plain rate
-    with pytest.raises(UserError, match="do not name"):
+    with pytest.raises(UserError, match="do not name"):  # a meta run of another config
         PersonalizeModule(module.hparams["cfg"], module.hparams["id_dim"], 2e-4, module.generator, {"x": 1.0}).param_lrs()
     with pytest.raises(UserError, match="inner_lr_scale_max"):
         _meta(shards, "meta.learn_inner_lr=true", "meta.inner_lr_scale_max=0.5")

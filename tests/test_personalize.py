@@ -114,6 +114,13 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tiny_generator_ckpt, cli
         personalize.personalize(personalize.parse_args(_args(junk, clip, out)))
     assert not out.exists() and not (tmp_path / "x.report.json").exists() and not (tmp_path / "x.preview.mp4").exists()
     assert personalize.main(_args(tiny_generator_ckpt, tmp_path / "missing.mp4", out)) == 2
+    # learned rates of another generator: refused before the video is even preprocessed
+    state = torch.load(tiny_generator_ckpt, map_location="cpu", weights_only=True)
+    state["inner_lr_scale"] = {"warper.not_a_tensor": 2.0}
+    torch.save(state, tmp_path / "other_rates.ckpt")
+    with pytest.raises(UserError, match="do not name this generator"):
+        personalize.personalize(personalize.parse_args(_args(tmp_path / "other_rates.ckpt", clip, tmp_path / "y.ckpt")))
+    assert not (tmp_path / "y.work").exists()
 
 
 @pytest.mark.slow

@@ -62,6 +62,12 @@ def learned_lr_scales(checkpoint: str | Path) -> dict[str, float] | None:
     return {str(k): float(v) for k, v in scales.items()}
 
 
+def check_lr_scale(generator: TalkingHeadGenerator, lr_scale: dict[str, float] | None) -> None:
+    """Learned multipliers must name exactly the generator's tensors (a meta run of this generator's config)."""
+    if lr_scale is not None and set(lr_scale) != {n for n, _ in generator.named_parameters()}:
+        raise UserError("the checkpoint's learned rate multipliers (inner_lr_scale) do not name this generator's tensors")
+
+
 class PersonalizeModule(L.LightningModule):
     def __init__(self, cfg: dict, id_dim: int, lr: float, generator: TalkingHeadGenerator | None = None,
                  lr_scale: dict[str, float] | None = None):
@@ -94,9 +100,8 @@ class PersonalizeModule(L.LightningModule):
 
     def param_lrs(self) -> dict[str, float]:
         """Each generator tensor's rate: lr (warp tensors at optim.warp_lr_mult of it) times its learned multiplier."""
+        check_lr_scale(self.generator, self.lr_scale)
         mult, names = self.cfg.optim.warp_lr_mult, [n for n, _ in self.generator.named_parameters()]
-        if self.lr_scale is not None and set(self.lr_scale) != set(names):
-            raise UserError("the learned rate multipliers do not name this generator's tensors")
         scale = self.lr_scale or {}
         return {n: self.lr * (mult if n.startswith("warper.") else 1.0) * scale.get(n, 1.0) for n in names}
 
