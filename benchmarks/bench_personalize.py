@@ -31,16 +31,16 @@ import torch
 from benchmarks.common import save
 
 
-def curve(init: str, shards: str, identity: str, seed: int, a, device: torch.device) -> list[float]:
-    """Held-out loss at each of `eval_steps(a)` while fine-tuning `init` to one person."""
+def curve(init: str, lr_scale: dict | None, shards: str, identity: str, seed: int, a, device: torch.device) -> list[float]:
+    """Held-out loss at each of `eval_steps(a)` while fine-tuning `init` (at `lr_scale`'s learned per-tensor
+    multipliers of the rate, when given) to one person."""
     import lightning as L
 
     from data_modules.personal import PersonalVideoDataModule
-    from src.modules.personalize_module import PersonalizeModule, learned_lr_scales, load_generator
+    from src.modules.personalize_module import PersonalizeModule, load_generator
     from src.personalize import heldout_loss
 
     gen, cfg, id_dim = load_generator(init)
-    lr_scale = learned_lr_scales(init) if a.learned_lr else None  # as src.personalize: a meta run's learned rates
     dm = PersonalVideoDataModule(shards, resolution=cfg["model"]["resolution"], batch_size=a.batch_size,
                                  heldout_fraction=0.2, samples_per_epoch=a.steps * a.batch_size, id_dim=id_dim,
                                  seed=seed, identities=[identity])
@@ -119,13 +119,15 @@ def main(argv=None) -> None:
     manifest = json.loads((Path(a.shards) / "manifest.json").read_text())
     identities = manifest["splits"][a.split]["identities"]
     inits = {"stage1": a.stage1, "meta": a.meta, **({"control": a.control} if a.control else {})}
+    # as src.personalize: a start that carries a meta run's learned rates is fine-tuned at them
+    scales = {name: learned_lr_scales(init) if a.learned_lr else None for name, init in inits.items()}
     device = torch.device(a.device)
     t0 = time.time()
     curves: dict[str, dict[str, list[list[float]]]] = {name: {i: [] for i in identities} for name in inits}
     for ident in identities:
         for seed in range(a.seeds):
             for name, init in inits.items():
-                c = curve(init, a.shards, ident, seed, a, device)
+                c = curve(init, scales[name], a.shards, ident, seed, a, device)
                 curves[name][ident].append(c)
                 print(f"{ident} seed {seed} {name}: held-out loss {c[0]:.4f} -> {c[-1]:.4f}", file=sys.stderr)
     # mean over seeds per person, then over people (every person weighs the same)
@@ -137,8 +139,7 @@ def main(argv=None) -> None:
         "identities": len(identities), "seeds": a.seeds,
         "optimiser": f"Adam lr {a.lr} (warp x0.1), batch {a.batch_size}",
         # which starts fine-tuned at learned per-tensor multipliers of that rate (median multiplier)
-        "learned_lr_scale_median": {name: round(float(np.median(list(s.values()))), 3)
-                                    for name, init in inits.items() if a.learned_lr and (s := learned_lr_scales(init))},
+        "learned_lr_scale_median": {name: round(float(np.median(list(s.values()))), 3) for name, s in scales.items() if s},
         **summarise(steps, mean, a.steps),
         "curve_steps": steps,
         **{f"{name}_curve": [round(float(v), 4) for v in c] for name, c in mean.items()},

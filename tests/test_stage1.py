@@ -79,6 +79,10 @@ def test_warm_start_copies_warp_weights_and_names_mismatches(shards, tmp_path):
         load_weights(bigger, ckpt, "warper.", "generator.warper.")
     with pytest.raises(UserError, match="another stage"):
         load_weights(refine, ckpt, "generator.", "generator.")
+    # optional weights (a meta init's learned rates): absent is not an error, and nothing changes
+    before = {k: v.clone() for k, v in refine.state_dict().items()}
+    assert load_weights(refine, ckpt, "generator.", "generator.", missing_ok=True) == 0
+    assert all(torch.equal(v, refine.state_dict()[k]) for k, v in before.items())
 
 
 def test_refiner_step_updates_both_networks_and_lowers_the_loss(shards):

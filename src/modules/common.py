@@ -9,6 +9,15 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from src.errors import UserError
 
 
+def groups_by_rate(params: dict[str, torch.Tensor], lrs: dict[str, float]) -> list[dict]:
+    """Optimizer parameter groups, one per distinct rate in `lrs` (by tensor name): two (refiner, warp) unless
+    per-tensor rates were learned (meta.learn_inner_lr)."""
+    groups: dict[float, list[torch.Tensor]] = {}
+    for name, p in params.items():
+        groups.setdefault(lrs[name], []).append(p)
+    return [{"params": ps, "lr": lr} for lr, ps in groups.items()]
+
+
 class NonFiniteGuard:
     """Skips steps whose loss is NaN/inf, on every rank at once (a rank that skipped alone would leave the
     others waiting in the gradient all-reduce), and stops the run after too many in a row."""

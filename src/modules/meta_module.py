@@ -33,7 +33,7 @@ from torch.func import functional_call
 from src.errors import UserError
 from src.losses.perceptual import build_perceptual
 from src.models.generator import build_discriminator, build_generator
-from src.modules.common import NonFiniteGuard, ReconstructionMetrics, reconstruction_losses
+from src.modules.common import NonFiniteGuard, ReconstructionMetrics, groups_by_rate, reconstruction_losses
 
 ALGORITHMS = ("reptile", "fomaml", "maml")
 
@@ -138,10 +138,7 @@ class MetaLearnerModule(L.LightningModule):
         lrs = self.inner_lrs(differentiable=second_order)
         opt = None
         if not second_order:
-            by_lr: dict[float, list] = {}  # one group per distinct rate: two without learned rates
-            for n, p in fast.items():
-                by_lr.setdefault(lrs[n], []).append(p)
-            groups = [{"params": ps, "lr": lr} for lr, ps in by_lr.items()]
+            groups = groups_by_rate(fast, lrs)
             opt = (torch.optim.Adam(groups, betas=tuple(self.cfg.optim.betas)) if m.inner_optimizer == "adam"
                    else torch.optim.SGD(groups))
         history = []

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from src.errors import UserError
 from src.losses.perceptual import build_perceptual
 from src.models.generator import TalkingHeadGenerator, build_generator
-from src.modules.common import ReconstructionMetrics, generator_inputs, reconstruction_losses
+from src.modules.common import ReconstructionMetrics, generator_inputs, groups_by_rate, reconstruction_losses
 
 
 def load_generator(checkpoint: str | Path) -> tuple[TalkingHeadGenerator, dict, int]:
@@ -106,7 +106,5 @@ class PersonalizeModule(L.LightningModule):
         return {n: self.lr * (mult if n.startswith("warper.") else 1.0) * scale.get(n, 1.0) for n in names}
 
     def configure_optimizers(self):
-        lrs, groups = self.param_lrs(), {}
-        for n, p in self.generator.named_parameters():  # one group per distinct rate: two without learned rates
-            groups.setdefault(lrs[n], []).append(p)
-        return torch.optim.Adam([{"params": ps, "lr": lr} for lr, ps in groups.items()], betas=tuple(self.cfg.optim.betas))
+        groups = groups_by_rate(dict(self.generator.named_parameters()), self.param_lrs())
+        return torch.optim.Adam(groups, betas=tuple(self.cfg.optim.betas))

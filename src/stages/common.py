@@ -29,9 +29,11 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: str, dst_prefix: str = "") -> int:
+def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: str, dst_prefix: str = "",
+                 missing_ok: bool = False) -> int:
     """Copy the weights under `src_prefix` of a Lightning checkpoint into `module` (under `dst_prefix`),
-    weights only. Missing, unexpected or mis-shaped keys are an error that names them."""
+    weights only. Missing, unexpected or mis-shaped keys are an error that names them; a checkpoint with no
+    weights under `src_prefix` at all is one too, unless missing_ok (then nothing is copied and 0 returned)."""
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -40,6 +42,8 @@ def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: st
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict)")
     source = {dst_prefix + k[len(src_prefix):]: v for k, v in state["state_dict"].items() if k.startswith(src_prefix)}
     target = {k: v for k, v in module.state_dict().items() if k.startswith(dst_prefix)}
+    if not source and missing_ok:
+        return 0
     if not source:
         raise UserError(f"{path} has no '{src_prefix}*' weights: is it a checkpoint of another stage?")
     missing = sorted(set(target) - set(source))

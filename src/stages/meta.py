@@ -14,12 +14,6 @@ from src.stages.common import (fit, latest_generator_checkpoint, load_weights, r
                                record_stage, resume_checkpoint, stage_cfg, write_json)
 
 
-def init_has(checkpoint: Path, key: str) -> bool:
-    import torch
-
-    return key in torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("state_dict", {})
-
-
 def resolve_init(cfg: DictConfig) -> tuple[Path, dict]:
     """The checkpoint to start from and the record of the run that produced it (empty if it has none)."""
     if cfg.meta.init:
@@ -46,8 +40,8 @@ def run_meta(cfg: DictConfig, run_dir: Path) -> Path:
         n = load_weights(module, init, "generator.", "generator.")
         if module.discriminator is not None:
             load_weights(module, init, "discriminator.", "discriminator.")
-        if module.inner_log_lr is not None and init_has(init, "inner_log_lr"):  # a meta init's learned rates go on
-            load_weights(module, init, "inner_log_lr", "inner_log_lr")
+        if module.inner_log_lr is not None:  # a meta init's learned rates go on; a stage-1 init has none
+            load_weights(module, init, "inner_log_lr", "inner_log_lr", missing_ok=True)
         print(f"meta: {n} generator tensors from {init}")
         record = read_record(run_dir)
         record["stages"] = {**upstream["stages"], **record["stages"]}
