@@ -215,6 +215,28 @@ def test_learned_rates_are_stepped_bounded_saved_and_read_back(shards, tmp_path)
         _meta(shards, "meta.learn_inner_lr=true", "meta.inner_lr_scale_max=0.5")
 
 
+def test_one_outer_step_is_one_global_step_with_learned_rates(shards):
+    """Two optimizers (weights, rates) step per batch; Lightning would count both (issue #17958), which ended
+    trainer.max_steps at half the outer steps with the linear decay only half way down."""
+    import lightning as L
+
+    cfg = compose("meta", ["model=tiny", f"data.root={shards}", "logger=disabled", "meta.learn_inner_lr=true",
+                           "meta.inner_steps=1", "meta.outer_optimizer=sgd", "meta.outer_lr_decay=linear", "optim.lr=0.5"])
+    dm = VoxCeleb2DataModule.from_config(cfg)
+    module = MetaLearnerModule(OmegaConf.to_container(cfg, resolve=True), dm.id_dim)
+    batches = []
+    counter = L.Callback()
+    counter.on_train_batch_end = lambda trainer, *_: batches.append(trainer.global_step)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, max_epochs=-1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False,
+                        inference_mode=False, callbacks=[counter])
+    trainer.fit(module, datamodule=dm)
+    assert batches == [1, 2, 3] and trainer.global_step == 3
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0)  # the decay reached zero at the end
+    assert float(module.inner_log_lr.detach().abs().sum()) > 0  # the rates' optimizer stepped too
+    assert trainer.optimizers[1].state[module.inner_log_lr]["step"] == 3
+
+
 def test_maml_is_second_order_and_needs_inner_sgd(shards, tmp_path):
     with pytest.raises(UserError, match="inner_optimizer=sgd"):
         _meta(shards, "meta.algorithm=maml")

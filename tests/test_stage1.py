@@ -155,6 +155,23 @@ def test_identity_loss_needs_weights_then_trains_with_them(shards, tmp_path):
     assert not any(k.startswith("identity") for k in module.state_dict())  # the recogniser is not checkpointed
 
 
+def test_refine_counts_one_global_step_per_batch(shards):
+    """G and D both step per batch; Lightning would count both (issue #17958): max_steps=3 would train 1.5 batches."""
+    import lightning as L
+
+    module, dm = _module(RefinerModule, "refine", shards)
+    d_before = [p.detach().clone() for p in module.discriminator.parameters()]
+    batches = []
+    counter = L.Callback()
+    counter.on_train_batch_end = lambda trainer, *_: batches.append(trainer.global_step)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, max_epochs=-1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False, callbacks=[counter])
+    trainer.fit(module, datamodule=dm)
+    assert batches == [1, 2, 3] and trainer.global_step == 3
+    assert not all(torch.equal(a, b) for a, b in zip(d_before, module.discriminator.parameters()))  # D stepped
+    assert trainer.optimizers[1].state[next(module.discriminator.parameters())]["step"] == 3
+
+
 def test_bf16_mixed_precision_steps(shards):
     import lightning as L
 

@@ -18,6 +18,17 @@ def groups_by_rate(params: dict[str, torch.Tensor], lrs: dict[str, float]) -> li
     return [{"params": ps, "lr": lr} for lr, ps in groups.items()]
 
 
+def step_uncounted(module: L.LightningModule, opt) -> None:
+    """Step a second optimizer of a manual-optimization module without counting it as a training step.
+
+    Lightning counts every `LightningOptimizer.step()` towards `trainer.global_step` (Lightning issue #17958), so
+    a module that steps two optimizers per batch (generator and discriminator; weights and learned rates) would
+    stop at half of `trainer.max_steps`, checkpoint `every_n_train_steps` twice as often and size step-based
+    schedules for twice the run. The module's first optimizer steps as usual and is the one counted; this one
+    goes through the same strategy call (precision plugin, gradient scaler), only without the step counter."""
+    module.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None)
+
+
 class NonFiniteGuard:
     """Skips steps whose loss is NaN/inf, on every rank at once (a rank that skipped alone would leave the
     others waiting in the gradient all-reduce), and stops the run after too many in a row."""

@@ -33,7 +33,8 @@ from torch.func import functional_call
 from src.errors import UserError
 from src.losses.perceptual import build_perceptual
 from src.models.generator import build_discriminator, build_generator
-from src.modules.common import NonFiniteGuard, ReconstructionMetrics, groups_by_rate, reconstruction_losses
+from src.modules.common import (NonFiniteGuard, ReconstructionMetrics, groups_by_rate, reconstruction_losses,
+                               step_uncounted)
 
 ALGORITHMS = ("reptile", "fomaml", "maml")
 
@@ -232,7 +233,7 @@ class MetaLearnerModule(L.LightningModule):
             self.clip_gradients(opt, gradient_clip_val=self.cfg.meta.grad_clip_norm, gradient_clip_algorithm="norm")
         opt.step()
         if rate_opt is not None:
-            rate_opt.step()
+            step_uncounted(self, rate_opt)  # one outer step = one global step (trainer.max_steps, the lr schedule)
             with torch.no_grad():  # a bound keeps one noisy task from sending a rate where the inner loop diverges
                 limit = math.log(self.cfg.meta.inner_lr_scale_max)
                 self.inner_log_lr.clamp_(-limit, limit)

@@ -22,7 +22,7 @@ from src.losses.gan import feature_matching_loss, lsgan_discriminator_loss, lsga
 from src.losses.perceptual import build_perceptual
 from src.models.generator import build_discriminator, build_generator
 from src.losses.identity import build_identity_loss
-from src.modules.common import NonFiniteGuard, ReconstructionMetrics, generator_inputs, reconstruction_losses
+from src.modules.common import NonFiniteGuard, ReconstructionMetrics, generator_inputs, reconstruction_losses, step_uncounted
 
 
 class RefinerModule(L.LightningModule):
@@ -72,7 +72,7 @@ class RefinerModule(L.LightningModule):
         self.clip_gradients(opt_g, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         self.clip_gradients(opt_d, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         opt_g.step()
-        opt_d.step()
+        step_uncounted(self, opt_d)  # one batch = one global step
         n = len(batch["source"])
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=n)
         self.log("train/loss", loss_g, prog_bar=True, sync_dist=True, batch_size=n)
