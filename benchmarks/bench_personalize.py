@@ -43,7 +43,7 @@ def curve(init: str, lr_scale: dict | None, shards: str, identity: str, seed: in
     gen, cfg, id_dim = load_generator(init)
     dm = PersonalVideoDataModule(shards, resolution=cfg["model"]["resolution"], batch_size=a.batch_size,
                                  heldout_fraction=0.2, samples_per_epoch=a.steps * a.batch_size, id_dim=id_dim,
-                                 seed=seed, identities=[identity])
+                                 seed=seed, identities=[identity], source_frame=a.source_frame)
     dm.setup()
     L.seed_everything(seed, verbose=False)  # the same batches for every initialisation
     module = PersonalizeModule(cfg, id_dim, a.lr, gen, lr_scale).to(device)
@@ -109,6 +109,9 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--learned-lr", action=argparse.BooleanOptionalAction, default=True,
                    help="fine-tune a checkpoint that carries learned rate multipliers (meta.learn_inner_lr) at them, as src.personalize does")
+    p.add_argument("--source-frame", choices=["typical", "first"], default="typical",
+                   help="the frame every held-out frame is driven from (as src.personalize; 'first' was the protocol "
+                        "before 2026-11-25)")
     p.add_argument("--seeds", type=int, default=1, help="data orders per identity (curves are averaged)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--name", default="personalize_curves")
@@ -136,7 +139,7 @@ def main(argv=None) -> None:
     steps = eval_steps(a)
     save(a.name, {
         "command": "python -m benchmarks.bench_personalize " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "identities": len(identities), "seeds": a.seeds,
+        "identities": len(identities), "seeds": a.seeds, "source_frame": a.source_frame,
         "optimiser": f"Adam lr {a.lr} (warp x0.1), batch {a.batch_size}",
         # which starts fine-tuned at learned per-tensor multipliers of that rate (median multiplier)
         "learned_lr_scale_median": {name: round(float(np.median(list(s.values()))), 3) for name, s in scales.items() if s},

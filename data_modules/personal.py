@@ -2,8 +2,13 @@
 
 The last `heldout_fraction` of every clip is held out for validation (a temporal tail, so validation
 frames are never neighbours of training frames); training samples come from the rest. Modes: `pairs`
-(source and driving from the training part; validation drives the clip's first frame with each held-out
+(source and driving from the training part; validation drives one source frame, below, with each held-out
 frame) and `windows` (T consecutive frames at 256 and 512).
+
+The validation source is the clip's most typical training frame (`source_frame="typical"`: the one whose
+landmarks are nearest the per-point median of the training part), not whatever the first frame happens to be: a
+clip that opens zoomed out or mid-turn would otherwise judge every held-out frame against an unrepresentative
+source. `source_frame="first"` keeps the first frame (the stage-1 validation's choice).
 """
 from __future__ import annotations
 
@@ -19,10 +24,20 @@ from data_modules.augment import ClipAugment
 from src.errors import UserError
 
 
+SOURCE_FRAMES = ("typical", "first")
+
+
+def typical_frame(landmarks: np.ndarray, lo: int, hi: int) -> int:
+    """The frame in [lo, hi) whose 2D landmarks are nearest (sum of squares) the per-point median over that range:
+    the clip's usual pose, expression and framing."""
+    lm = landmarks[lo:hi, :, :2].astype(np.float64)
+    return lo + int(np.argmin(((lm - np.median(lm, axis=0)) ** 2).sum(axis=(1, 2))))
+
+
 class _PersonalSamples(Dataset):
     def __init__(self, items: list[dict], ranges: list[tuple[int, int]], spec: SampleSpec, length: int | None,
-                 train: bool):
-        self.items, self.ranges, self.spec, self.train = items, ranges, spec, train
+                 train: bool, sources: list[int] | None = None):
+        self.items, self.ranges, self.spec, self.train, self.sources = items, ranges, spec, train, sources
         self.aug = ClipAugment() if spec.augment and train else None
         # validation enumerates every held-out frame (pairs) or window start (windows) once
         self.fixed = None if train else [
@@ -45,7 +60,7 @@ class _PersonalSamples(Dataset):
             return make_window(self.items[c], self.spec, int(rng.integers(lo, max(lo + 1, hi - self.spec.window + 1))))
         c, f = self.fixed[i]
         if self.spec.mode == "pairs":
-            return make_pair(self.items[c], self.spec, np.random.default_rng(0), None, 0, f)
+            return make_pair(self.items[c], self.spec, np.random.default_rng(0), None, self.sources[c], f)
         return make_window(self.items[c], self.spec, f)
 
 
@@ -53,10 +68,13 @@ class PersonalVideoDataModule(GuidanceDataModule):
     def __init__(self, root: str, mode: str = "pairs", resolution: int = 256, batch_size: int = 4,
                  num_workers: int = 0, heldout_fraction: float = 0.2, min_train_frames: int = 8,
                  samples_per_epoch: int = 200, window: int = 6, augment: bool = True, id_dim: int | None = None,
-                 render: bool = True, seed: int = 0, identities: list[str] | None = None):
+                 render: bool = True, seed: int = 0, identities: list[str] | None = None, source_frame: str = "typical"):
         super().__init__()
         if mode not in ("pairs", "windows"):
             raise UserError(f"PersonalVideoDataModule supports modes pairs and windows, not '{mode}'")
+        if source_frame not in SOURCE_FRAMES:
+            raise UserError(f"source_frame must be one of {', '.join(SOURCE_FRAMES)}, not '{source_frame}'")
+        self.source_frame = source_frame
         if not 0 < heldout_fraction < 1:
             raise UserError("heldout_fraction must be between 0 and 1")
         self.root, self.batch_size, self.num_workers = Path(root), batch_size, num_workers
@@ -84,7 +102,7 @@ class PersonalVideoDataModule(GuidanceDataModule):
         if not items:
             raise UserError(f"no usable clips in {self.root}" + (" with 512 crops" if self.spec.mode == "windows" else ""))
         self.items = items
-        self.train_ranges, self.val_ranges = [], []
+        self.train_ranges, self.val_ranges, self.sources = [], [], []
         for it in items:
             n = num_frames(it)
             tail = max(1, int(round(n * self.heldout_fraction)))
@@ -93,6 +111,8 @@ class PersonalVideoDataModule(GuidanceDataModule):
                                 f"and keep {self.min_train_frames} for training; use a longer video or a smaller held-out fraction")
             self.train_ranges.append((0, n - tail))
             self.val_ranges.append((n - tail, n))
+            # chosen among training frames only, so the held-out tail stays unseen
+            self.sources.append(typical_frame(it["landmarks"], 0, n - tail) if self.source_frame == "typical" else 0)
 
     @property
     def embedding(self) -> np.ndarray:
@@ -109,5 +129,5 @@ class PersonalVideoDataModule(GuidanceDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        ds = _PersonalSamples(self.items, self.val_ranges, self.spec, None, train=False)
+        ds = _PersonalSamples(self.items, self.val_ranges, self.spec, None, train=False, sources=self.sources)
         return DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate)

@@ -46,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learned-lr", action=argparse.BooleanOptionalAction, default=True,
                    help="apply the per-tensor rate multipliers a meta checkpoint learned (meta.learn_inner_lr), when it has them")
     p.add_argument("--heldout-fraction", type=float, default=0.2, help="tail of every clip kept for validation")
+    p.add_argument("--source-frame", choices=["typical", "first"], default="typical",
+                   help="held-out frames are driven from this frame of each clip: typical (the training frame nearest "
+                        "the clip's median landmarks, default) or first")
     p.add_argument("--eval-every", type=int, default=25, help="steps between held-out evaluations")
     p.add_argument("--patience", type=int, default=100, help="stop after this many steps without held-out improvement")
     p.add_argument("--max-eval-frames", type=int, default=32, help="held-out frames used per evaluation")
@@ -193,7 +196,7 @@ def personalize(a: argparse.Namespace) -> dict:
     shards = preprocess_videos(a.video, work, a.identity_backend)
     dm = PersonalVideoDataModule(str(shards), resolution=cfg["model"]["resolution"], batch_size=a.batch_size,
                                  heldout_fraction=a.heldout_fraction, samples_per_epoch=a.steps * a.batch_size,
-                                 id_dim=id_dim, seed=a.seed)
+                                 id_dim=id_dim, seed=a.seed, source_frame=a.source_frame)
     dm.setup()
     t_pre = time.time() - t0
     embedder = make_embedder(dm.manifest["embedding"]["backend"].split("-")[0])  # the backend of the shards
@@ -234,7 +237,8 @@ def personalize(a: argparse.Namespace) -> dict:
         "steps": int(trainer.global_step), "stopped_by": _stop_reason(trainer, a),
         "best_heldout_loss": float(best.best_model_score) if best.best_model_score is not None else None,
         "heldout": {"before": before, "after": after}, "heldout_frames": sum(hi - lo for lo, hi in dm.val_ranges),
-        "train_frames": sum(hi - lo for lo, hi in dm.train_ranges), "identity_backend": dm.manifest["embedding"]["backend"],
+        "train_frames": sum(hi - lo for lo, hi in dm.train_ranges),
+        "source_frames": {it["key"]: s for it, s in zip(dm.items, dm.sources)}, "identity_backend": dm.manifest["embedding"]["backend"],
         "lr": a.lr, "learned_lr_scale": _spread(list(lr_scale.values())) if lr_scale is not None else None,
         "seconds": {"preprocess": round(t_pre, 1), "fine_tune": round(t_train, 1), "total": round(time.time() - t0, 1)},
     }

@@ -8,7 +8,7 @@ import torch
 from litdata import StreamingDataset
 
 from data_modules.augment import ClipAugment, hflip
-from data_modules.personal import PersonalVideoDataModule
+from data_modules.personal import PersonalVideoDataModule, typical_frame
 from data_modules.shards import decode_frames, load_manifest
 from data_modules.voxceleb2 import SampleSpec, VoxCeleb2DataModule, make_window
 from src.errors import UserError
@@ -171,7 +171,24 @@ def test_personal_video_holds_out_the_tail(shards):
         hi = dm.train_ranges[[it["key"] for it in dm.items].index(key)][1]
         assert s < hi and d < hi  # training never sees held-out frames
     v = next(iter(dm.val_dataloader()))
-    lo = dm.val_ranges[[it["key"] for it in dm.items].index(v["key"][0])][0]
-    assert (v["frames"][:, 0] == 0).all() and (v["frames"][:, 1] >= lo).all()
+    c = [it["key"] for it in dm.items].index(v["key"][0])
+    lo = dm.val_ranges[c][0]
+    # held-out frames are driven from the clip's typical training frame, never from the held-out tail
+    assert (v["frames"][:, 0] == dm.sources[c]).all() and dm.sources[c] < lo and (v["frames"][:, 1] >= lo).all()
+    assert dm.sources[c] == typical_frame(dm.items[c]["landmarks"], 0, lo)
+    first = PersonalVideoDataModule(str(shards), resolution=64, batch_size=4, heldout_fraction=0.25, source_frame="first")
+    assert (next(iter(first.val_dataloader()))["frames"][:, 0] == 0).all()
     with pytest.raises(UserError, match="too few"):
         PersonalVideoDataModule(str(shards), heldout_fraction=0.9).setup()
+    with pytest.raises(UserError, match="source_frame"):
+        PersonalVideoDataModule(str(shards), source_frame="middle")
+
+
+def test_typical_frame_is_the_one_nearest_the_median_landmarks():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, (478, 3))
+    lm = base + rng.normal(0, 0.01, (12, 478, 3))
+    lm[5] = base + rng.normal(0, 0.001, (478, 3))  # the least unusual frame
+    lm[0, :, :2] += 0.1  # the clip opens with the face elsewhere in the crop
+    assert typical_frame(lm, 0, 12) == 5
+    assert typical_frame(lm, 0, 5) != 0 and typical_frame(lm, 6, 12) in range(6, 12)

@@ -47,6 +47,8 @@ def test_personalize_writes_checkpoint_report_and_preview(personalized, tiny_gen
         h = report["heldout"][when]
         assert h["frames"] == 4 and 5 < h["psnr"] < 60 and 0 < h["ssim"] <= 1 and -1 <= h["identity_similarity"] <= 1
     assert report["heldout_frames"] > 0 and report["train_frames"] > 2 * report["heldout_frames"]
+    # one validation source per clip, a training frame (typical by default)
+    assert len(report["source_frames"]) == 1 and 0 <= next(iter(report["source_frames"].values())) < report["train_frames"]
     start = load_generator(tiny_generator_ckpt)[0]
     assert not all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), generator.state_dict().values()))
     preview = probe(folder / "me.preview.mp4")
