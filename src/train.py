@@ -104,11 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = prepare_run_dir(run_dir_of(cfg))
     if is_launch_rank_zero():  # one writer: two ranks renaming one config.yaml.tmp race each other
         save_config(cfg, run_dir)
+        print(f"run folder: {run_dir}")  # once per launch, not once per node
     import lightning as L
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-        print(f"run folder: {run_dir}")
     from src.loggers import finish_wandb
 
     from src.trainer import close_distributed
