@@ -9,6 +9,11 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from src.errors import UserError
 
 
+def tensor_lr(name: str, base: float, warp_lr_mult: float) -> float:
+    """A generator tensor's rate: the warp network's tensors at warp_lr_mult of `base` (the original's 0.1)."""
+    return base * (warp_lr_mult if name.startswith("warper.") else 1.0)
+
+
 def groups_by_rate(params: dict[str, torch.Tensor], lrs: dict[str, float]) -> list[dict]:
     """Optimizer parameter groups, one per distinct rate in `lrs` (by tensor name): two (refiner, warp) unless
     per-tensor rates were learned (meta.learn_inner_lr)."""

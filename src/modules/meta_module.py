@@ -34,7 +34,7 @@ from src.errors import UserError
 from src.losses.perceptual import build_perceptual
 from src.models.generator import build_discriminator, build_generator
 from src.modules.common import (NonFiniteGuard, ReconstructionMetrics, groups_by_rate, reconstruction_losses,
-                               step_uncounted)
+                               step_uncounted, tensor_lr)
 
 ALGORITHMS = ("reptile", "fomaml", "maml")
 
@@ -111,7 +111,7 @@ class MetaLearnerModule(L.LightningModule):
         return sum(losses.values()), out
 
     def _lr(self, name: str, base: float) -> float:
-        return base * (self.cfg.optim.warp_lr_mult if name.startswith("warper.") else 1.0)
+        return tensor_lr(name, base, self.cfg.optim.warp_lr_mult)
 
     def inner_lr_scale(self) -> dict[str, float]:
         """The learned multiplier of each generator tensor's inner rate (all 1 without meta.learn_inner_lr)."""

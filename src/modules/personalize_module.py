@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from src.errors import UserError
 from src.losses.perceptual import build_perceptual
 from src.models.generator import TalkingHeadGenerator, build_generator
-from src.modules.common import ReconstructionMetrics, generator_inputs, groups_by_rate, reconstruction_losses
+from src.modules.common import ReconstructionMetrics, generator_inputs, groups_by_rate, reconstruction_losses, tensor_lr
 
 
 def load_generator(checkpoint: str | Path) -> tuple[TalkingHeadGenerator, dict, int]:
@@ -101,9 +101,9 @@ class PersonalizeModule(L.LightningModule):
     def param_lrs(self) -> dict[str, float]:
         """Each generator tensor's rate: lr (warp tensors at optim.warp_lr_mult of it) times its learned multiplier."""
         check_lr_scale(self.generator, self.lr_scale)
-        mult, names = self.cfg.optim.warp_lr_mult, [n for n, _ in self.generator.named_parameters()]
         scale = self.lr_scale or {}
-        return {n: self.lr * (mult if n.startswith("warper.") else 1.0) * scale.get(n, 1.0) for n in names}
+        return {n: tensor_lr(n, self.lr, self.cfg.optim.warp_lr_mult) * scale.get(n, 1.0)
+                for n, _ in self.generator.named_parameters()}
 
     def configure_optimizers(self):
         groups = groups_by_rate(dict(self.generator.named_parameters()), self.param_lrs())
