@@ -18,20 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.shards import check_id_dim, has_hq, load_manifest, num_frames
+from data_modules.shards import check_id_dim, has_hq, heldout_tail, load_manifest, num_frames, typical_frame
 from data_modules.voxceleb2 import GuidanceDataModule, SampleSpec, collate, make_pair, make_window
 from data_modules.augment import ClipAugment
 from src.errors import UserError
 
 
 SOURCE_FRAMES = ("typical", "first")
-
-
-def typical_frame(landmarks: np.ndarray, lo: int, hi: int) -> int:
-    """The frame in [lo, hi) whose 2D landmarks are nearest (sum of squares) the per-point median over that range:
-    the clip's usual pose, expression and framing."""
-    lm = landmarks[lo:hi, :, :2].astype(np.float64)
-    return lo + int(np.argmin(((lm - np.median(lm, axis=0)) ** 2).sum(axis=(1, 2))))
 
 
 class _PersonalSamples(Dataset):
@@ -105,7 +98,7 @@ class PersonalVideoDataModule(GuidanceDataModule):
         self.train_ranges, self.val_ranges, self.sources = [], [], []
         for it in items:
             n = num_frames(it)
-            tail = max(1, int(round(n * self.heldout_fraction)))
+            tail = heldout_tail(n, self.heldout_fraction)
             if n - tail < self.min_train_frames:
                 raise UserError(f"{it['key']}: {n} usable frames are too few to hold out {self.heldout_fraction:.0%} "
                                 f"and keep {self.min_train_frames} for training; use a longer video or a smaller held-out fraction")

@@ -50,5 +50,17 @@ def num_frames(item: dict) -> int:
     return len(item["offsets256"]) - 1
 
 
+def typical_frame(landmarks: np.ndarray, lo: int, hi: int) -> int:
+    """The frame in [lo, hi) whose 2D landmarks are nearest (sum of squares) the per-point median over that range:
+    the clip's usual pose, expression and framing."""
+    lm = landmarks[lo:hi, :, :2].astype(np.float64)
+    return lo + int(np.argmin(((lm - np.median(lm, axis=0)) ** 2).sum(axis=(1, 2))))
+
+
+def heldout_tail(n: int, fraction: float) -> int:
+    """How many frames at the end of an n-frame clip are held out (personalization's split; at least 1)."""
+    return max(1, int(round(n * fraction)))
+
+
 def has_hq(item: dict) -> bool:
     return len(item["offsets512"]) > 1

@@ -3,7 +3,8 @@
 Modes (data.mode):
   pairs     stage 1: a source and a driving frame of the same clip, their landmarks, the identity embedding;
   episodes  meta-learning: one identity per item with K support, Q query frames and a source frame,
-            query frames from another clip of the person when it has one (cross_clip);
+            query frames from another clip of the person when it has one (cross_clip), or from the
+            same clip: anywhere, or (query_tail) its last part, split as personalization splits a clip;
   windows   super-resolution: T consecutive frames at 256 and 512 (clips without 512 are skipped).
 
 `pairs` and `windows` stream with litdata: each rank (and worker) iterates its own part of the chunks.
@@ -26,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from data_modules.augment import ClipAugment
-from data_modules.shards import check_id_dim, decode_frames, has_hq, load_manifest, num_frames
+from data_modules.shards import check_id_dim, decode_frames, has_hq, heldout_tail, load_manifest, num_frames, typical_frame
 from src.errors import UserError
 
 MODES = ("pairs", "episodes", "windows")
@@ -51,6 +52,7 @@ class SampleSpec:
     support: int = 4
     query: int = 4
     cross_clip: bool = True
+    query_tail: float = 0.0      # episodes from one clip: > 0 holds out this last fraction of it for the query
     augment: bool = False
     seed: int = 0
     sr_scale: int = 2            # windows: high-resolution frames at sr_scale x resolution
@@ -141,7 +143,9 @@ class EpisodeDataset(Dataset):
         query_item = self.ds[int(order[1])] if self.spec.cross_clip and len(order) > 1 else support_item
         k, q = self.spec.support, self.spec.query
         n_s, n_q = num_frames(support_item), num_frames(query_item)
-        if query_item is support_item:  # one clip: the source, support and query frames are all different frames
+        if query_item is support_item and self.spec.query_tail > 0:
+            s_idx, q_idx = self._tail_split(support_item, n_s, k, q, rng)
+        elif query_item is support_item:  # one clip: the source, support and query frames are all different frames
             if self.deterministic:  # source = first frame, support spread over the start, query = the clip's tail
                 rest = np.linspace(1, n_s - 1, k + q).round().astype(int)
                 s_idx, q_idx = np.concatenate([[0], rest[:k]]), rest[k:]
@@ -170,6 +174,25 @@ class EpisodeDataset(Dataset):
             "identity": ident, "support_key": support_item["key"], "query_key": query_item["key"],
             "support_index": torch.from_numpy(s_idx.astype(np.int64)), "query_index": torch.from_numpy(q_idx.astype(np.int64)),
         }
+
+
+    def _tail_split(self, item: dict, n: int, k: int, q: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """[source, support...] and query frame indices as personalization splits a clip: the query is its last
+        `query_tail` fraction, the support comes from before it, and the source is the typical frame of that part
+        (the frame src.personalize drives held-out frames from)."""
+        head = n - heldout_tail(n, self.spec.query_tail)
+        if head < 2:
+            raise UserError(f"{item['key']}: {n} frames are too few to hold out {self.spec.query_tail:.0%} for the "
+                            "query and keep a source and support frames (meta.query_tail)")
+        src = typical_frame(item["landmarks"], 0, head)
+        others = np.delete(np.arange(head), src)
+        if self.deterministic:  # spread over the head and the tail
+            support = others[np.linspace(0, len(others) - 1, k).round().astype(int)]
+            query = np.linspace(head, n - 1, q).round().astype(int)
+        else:
+            support = rng.choice(others, k, replace=len(others) < k)
+            query = rng.choice(np.arange(head, n), q, replace=n - head < q)
+        return np.concatenate([[src], support]), query
 
 
 class GuidanceDataModule(L.LightningDataModule):
@@ -202,7 +225,7 @@ class VoxCeleb2DataModule(GuidanceDataModule):
     def __init__(self, root: str, mode: str = "pairs", resolution: int = 256, batch_size: int = 4,
                  num_workers: int = 2, train_split: str = "dev", val_split: str = "test", augment: bool = True,
                  samples_per_clip: int = 4, window: int = 6, support: int = 4, query: int = 4,
-                 cross_clip: bool = True, id_dim: int | None = None, render: bool = True, seed: int = 0,
+                 cross_clip: bool = True, query_tail: float = 0.0, id_dim: int | None = None, render: bool = True, seed: int = 0,
                  edges: str = "contours", sr_scale: int = 2):
         super().__init__()
         if mode not in MODES:
@@ -211,8 +234,10 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_split, self.val_split = train_split, val_split
         self.render, self.edges = render, edges
-        self.spec = SampleSpec(mode, resolution, samples_per_clip, window, support, query, cross_clip, augment, seed,
-                               sr_scale)
+        if not 0 <= query_tail < 1:
+            raise UserError(f"meta.query_tail must be in [0, 1), got {query_tail}")
+        self.spec = SampleSpec(mode, resolution, samples_per_clip, window, support, query, cross_clip, query_tail,
+                               augment, seed, sr_scale)
         self.requested_id_dim = id_dim
         self.manifest = load_manifest(self.root)  # cheap JSON; validates the folder early
         self.id_dim = check_id_dim(id_dim, self.manifest)
@@ -224,7 +249,7 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         extra = {}
         if "meta" in cfg:  # episode sizes are the meta stage's settings
             extra.update(support=cfg.meta.support_frames, query=cfg.meta.query_frames,
-                         cross_clip=cfg.meta.get("query_from_other_clip", True))
+                         cross_clip=cfg.meta.get("query_from_other_clip", True), query_tail=cfg.meta.get("query_tail", 0.0))
         if "sr" in cfg:  # window length is the SR stage's setting, the HQ size the SR model's
             extra.update(window=cfg.sr.window, sr_scale=cfg.model.sr.get("scale", 2))
         return cls(root=d.root, mode=d.mode, resolution=d.resolution, batch_size=d.batch_size,

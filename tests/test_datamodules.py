@@ -76,6 +76,30 @@ def test_episodes_from_one_clip_use_distinct_frames_and_validate_on_the_tail(sha
     assert val["support_index"][0] == 0 and val["query_index"].min() > val["support_index"].max()
 
 
+def test_episodes_query_tail_split_a_clip_as_personalization_does(shards):
+    dm = VoxCeleb2DataModule(str(shards), mode="episodes", resolution=64, batch_size=2, num_workers=0,
+                             support=3, query=2, cross_clip=False, query_tail=0.2)
+    dm.setup("fit")
+    by_key = {}
+    for split in ("dev", "test"):
+        ds = StreamingDataset(str(shards / split))
+        by_key.update({ds[i]["key"]: ds[i] for i in range(len(ds))})
+    for dataset in (dm.train_set, dm.val_set):
+        for i in range(len(dataset)):
+            item = dataset[i]
+            lms = by_key[item["support_key"]]["landmarks"]
+            n = len(lms)
+            head = n - max(1, round(0.2 * n))  # the fixture clips have 30 frames: 24 + a tail of 6
+            src, support = int(item["support_index"][0]), item["support_index"][1:].tolist()
+            # the source is the typical frame of the part before the tail, never a support frame
+            assert src == typical_frame(lms, 0, head) and src not in support
+            assert max(support) < head and item["query_index"].min() >= head and item["query_index"].max() < n
+            if dataset is dm.val_set:  # no augmentation: the source's own landmarks
+                assert torch.equal(item["source_landmarks"], torch.from_numpy(lms[src].astype(np.float32)))
+    with pytest.raises(UserError, match="query_tail"):
+        VoxCeleb2DataModule(str(shards), mode="episodes", query_tail=1.0)
+
+
 def test_windows_mode_and_end_padding(shards):
     dm = VoxCeleb2DataModule(str(shards), mode="windows", resolution=64, batch_size=2, num_workers=0, window=4)
     dm.setup("fit")
