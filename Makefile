@@ -105,10 +105,10 @@ bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md (e
 
 # The adaptation-curve evidence of BENCHMARKS.md: stage 1, meta and a control on voxceleb2_mini's dev split at
 # the `tiny` scale (64 px, blend_warped), trained by `make meta-evidence`: META_CKPT is Reptile with learned
-# per-tensor inner rates for 220 outer steps, about the CPU time of the control's extra 140 refine epochs (stage 1
-# trained on: CONTROL_REFINE_EPOCHS, see BENCHMARKS.md); outputs/meta/evidence_tiny (240 steps, no learned rates)
-# is the ablation.
-META_CKPT    ?= outputs/meta/evidence_tiny_lslr220/checkpoints/last.ckpt
+# per-tensor inner rates on tasks of 16 support frames for 220 outer steps, about the CPU time of the control's
+# extra 140 refine epochs (stage 1 trained on: CONTROL_REFINE_EPOCHS, see BENCHMARKS.md); outputs/meta/evidence_tiny
+# (240 steps, 8 support frames, no learned rates) is the ablation.
+META_CKPT    ?= outputs/meta/evidence_tiny_lslr220_s16/checkpoints/last.ckpt
 STAGE1_CKPT  ?= outputs/stage1/evidence_tiny/refine/checkpoints/last.ckpt
 CONTROL_CKPT ?= outputs/stage1/evidence_tiny_control/refine/checkpoints/last.ckpt
 CONTROL_REFINE_EPOCHS ?= 240
@@ -119,8 +119,8 @@ META_EVIDENCE_ARGS := $(EVIDENCE_ARGS) meta.init=$(STAGE1_CKPT) meta.algorithm=r
 meta-evidence: install ## train the stage-1, meta (with and without learned rates) and control runs that bench-personalize compares (tiny, ~30 min on 2 CPU cores)
 	@test -f $(EVIDENCE_SHARDS)/manifest.json || $(PY) -m benchmarks.bench_preprocess
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny stage1.warp_epochs=20 stage1.refine_epochs=100 trainer.check_val_every_n_epoch=10
-	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=evidence_tiny_lslr220 meta.learn_inner_lr=true meta.inner_lr_lr=0.02 \
-	  trainer.max_steps=220
+	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=evidence_tiny_lslr220_s16 meta.learn_inner_lr=true meta.inner_lr_lr=0.02 \
+	  meta.support_frames=16 trainer.max_steps=220
 	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=evidence_tiny
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny_control stage1.warp_epochs=20 \
 	  stage1.refine_epochs=$(CONTROL_REFINE_EPOCHS) trainer.check_val_every_n_epoch=10
