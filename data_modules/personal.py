@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.shards import check_id_dim, has_hq, heldout_tail, load_manifest, num_frames, typical_frame
+from data_modules.shards import (HELDOUT_FRACTION, check_id_dim, has_hq, heldout_tail, load_manifest, num_frames,
+                                 typical_frame)
 from data_modules.voxceleb2 import GuidanceDataModule, SampleSpec, collate, make_pair, make_window
 from data_modules.augment import ClipAugment
 from src.errors import UserError
@@ -59,7 +60,7 @@ class _PersonalSamples(Dataset):
 
 class PersonalVideoDataModule(GuidanceDataModule):
     def __init__(self, root: str, mode: str = "pairs", resolution: int = 256, batch_size: int = 4,
-                 num_workers: int = 0, heldout_fraction: float = 0.2, min_train_frames: int = 8,
+                 num_workers: int = 0, heldout_fraction: float = HELDOUT_FRACTION, min_train_frames: int = 8,
                  samples_per_epoch: int = 200, window: int = 6, augment: bool = True, id_dim: int | None = None,
                  render: bool = True, seed: int = 0, identities: list[str] | None = None, source_frame: str = "typical"):
         super().__init__()

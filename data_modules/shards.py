@@ -57,6 +57,9 @@ def typical_frame(landmarks: np.ndarray, lo: int, hi: int) -> int:
     return lo + int(np.argmin(((lm - np.median(lm, axis=0)) ** 2).sum(axis=(1, 2))))
 
 
+HELDOUT_FRACTION = 0.2  # the part of a clip personalization holds out by default (src.personalize --heldout-fraction)
+
+
 def heldout_tail(n: int, fraction: float) -> int:
     """How many frames at the end of an n-frame clip are held out (personalization's split; at least 1)."""
     return max(1, int(round(n * fraction)))

@@ -4,7 +4,8 @@ Modes (data.mode):
   pairs     stage 1: a source and a driving frame of the same clip, their landmarks, the identity embedding;
   episodes  meta-learning: one identity per item with K support, Q query frames and a source frame,
             query frames from another clip of the person when it has one (cross_clip), or from the
-            same clip: anywhere, or (query_tail) its last part, split as personalization splits a clip;
+            same clip: anywhere, or (query_tail) its last part, split as personalization splits a clip
+            (validation always splits a single clip that way, with personalization's held-out fraction);
   windows   super-resolution: T consecutive frames at 256 and 512 (clips without 512 are skipped).
 
 `pairs` and `windows` stream with litdata: each rank (and worker) iterates its own part of the chunks.
@@ -27,7 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from data_modules.augment import ClipAugment
-from data_modules.shards import check_id_dim, decode_frames, has_hq, heldout_tail, load_manifest, num_frames, typical_frame
+from data_modules.shards import (HELDOUT_FRACTION, check_id_dim, decode_frames, has_hq, heldout_tail, load_manifest,
+                                 num_frames, typical_frame)
 from src.errors import UserError
 
 MODES = ("pairs", "episodes", "windows")
@@ -143,15 +145,12 @@ class EpisodeDataset(Dataset):
         query_item = self.ds[int(order[1])] if self.spec.cross_clip and len(order) > 1 else support_item
         k, q = self.spec.support, self.spec.query
         n_s, n_q = num_frames(support_item), num_frames(query_item)
-        if query_item is support_item and self.spec.query_tail > 0:
-            s_idx, q_idx = self._tail_split(support_item, n_s, k, q, rng)
+        if query_item is support_item and (self.spec.query_tail > 0 or self.deterministic):
+            # validation is always judged as personalization is: the clip's held-out tail from its typical frame
+            s_idx, q_idx = self._tail_split(support_item, n_s, k, q, rng, self.spec.query_tail or HELDOUT_FRACTION)
         elif query_item is support_item:  # one clip: the source, support and query frames are all different frames
-            if self.deterministic:  # source = first frame, support spread over the start, query = the clip's tail
-                rest = np.linspace(1, n_s - 1, k + q).round().astype(int)
-                s_idx, q_idx = np.concatenate([[0], rest[:k]]), rest[k:]
-            else:
-                pick = rng.choice(n_s, k + 1 + q, replace=n_s < k + 1 + q)
-                s_idx, q_idx = pick[: k + 1], pick[k + 1 :]
+            pick = rng.choice(n_s, k + 1 + q, replace=n_s < k + 1 + q)
+            s_idx, q_idx = pick[: k + 1], pick[k + 1 :]
         elif self.deterministic:
             s_idx = np.linspace(1, n_s - 1, k + 1).round().astype(int)  # [source, support...]
             q_idx = np.linspace(0, n_q - 1, q).round().astype(int)
@@ -176,14 +175,15 @@ class EpisodeDataset(Dataset):
         }
 
 
-    def _tail_split(self, item: dict, n: int, k: int, q: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _tail_split(self, item: dict, n: int, k: int, q: int, rng: np.random.Generator,
+                    fraction: float) -> tuple[np.ndarray, np.ndarray]:
         """[source, support...] and query frame indices as personalization splits a clip: the query is its last
-        `query_tail` fraction, the support comes from before it, and the source is the typical frame of that part
-        (the frame src.personalize drives held-out frames from)."""
-        head = n - heldout_tail(n, self.spec.query_tail)
+        `fraction`, the support comes from before it, and the source is the typical frame of that part (the frame
+        src.personalize drives held-out frames from)."""
+        head = n - heldout_tail(n, fraction)
         if head < 2:
-            raise UserError(f"{item['key']}: {n} frames are too few to hold out {self.spec.query_tail:.0%} for the "
-                            "query and keep a source and support frames (meta.query_tail)")
+            raise UserError(f"{item['key']}: {n} frames are too few to hold out {fraction:.0%} of them for the "
+                            "query and keep a source and support frames before it")
         src = typical_frame(item["landmarks"], 0, head)
         others = np.delete(np.arange(head), src)
         if self.deterministic:  # spread over the head and the tail

@@ -71,9 +71,15 @@ def test_episodes_from_one_clip_use_distinct_frames_and_validate_on_the_tail(sha
             assert item["support_key"] == item["query_key"]
             frames = [*item["support_index"].tolist(), *item["query_index"].tolist()]  # [source, support..., query...]
             assert len(set(frames)) == 6, frames  # the clips have 30 frames: no frame is used twice
-    val = dm.val_set[0]
-    # validation as personalization holds out: source = first frame, query after every support frame
-    assert val["support_index"][0] == 0 and val["query_index"].min() > val["support_index"].max()
+    # validation as personalization judges: the clip's last 20 % driven from the typical frame before it
+    val_clips = StreamingDataset(str(shards / dm.val_split))
+    by_key = {val_clips[i]["key"]: val_clips[i]["landmarks"] for i in range(len(val_clips))}
+    for i in range(len(dm.val_set)):
+        val = dm.val_set[i]
+        lms = by_key[val["support_key"]]
+        head = len(lms) - max(1, round(0.2 * len(lms)))
+        assert val["query_index"].min() >= head > val["support_index"].max()
+        assert val["support_index"][0] == typical_frame(lms, 0, head)
 
 
 def test_episodes_query_tail_split_a_clip_as_personalization_does(shards):
