@@ -174,7 +174,6 @@ class EpisodeDataset(Dataset):
             "support_index": torch.from_numpy(s_idx.astype(np.int64)), "query_index": torch.from_numpy(q_idx.astype(np.int64)),
         }
 
-
     def _tail_split(self, item: dict, n: int, k: int, q: int, rng: np.random.Generator,
                     fraction: float) -> tuple[np.ndarray, np.ndarray]:
         """[source, support...] and query frame indices as personalization splits a clip: the query is its last
@@ -225,8 +224,8 @@ class VoxCeleb2DataModule(GuidanceDataModule):
     def __init__(self, root: str, mode: str = "pairs", resolution: int = 256, batch_size: int = 4,
                  num_workers: int = 2, train_split: str = "dev", val_split: str = "test", augment: bool = True,
                  samples_per_clip: int = 4, window: int = 6, support: int = 4, query: int = 4,
-                 cross_clip: bool = True, query_tail: float = 0.0, id_dim: int | None = None, render: bool = True, seed: int = 0,
-                 edges: str = "contours", sr_scale: int = 2):
+                 cross_clip: bool = True, query_tail: float = 0.0, id_dim: int | None = None, render: bool = True,
+                 seed: int = 0, edges: str = "contours", sr_scale: int = 2):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"data.mode must be one of {', '.join(MODES)}, got '{mode}'")
@@ -249,7 +248,8 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         extra = {}
         if "meta" in cfg:  # episode sizes are the meta stage's settings
             extra.update(support=cfg.meta.support_frames, query=cfg.meta.query_frames,
-                         cross_clip=cfg.meta.get("query_from_other_clip", True), query_tail=cfg.meta.get("query_tail", 0.0))
+                         cross_clip=cfg.meta.get("query_from_other_clip", True),
+                         query_tail=cfg.meta.get("query_tail", 0.0))
         if "sr" in cfg:  # window length is the SR stage's setting, the HQ size the SR model's
             extra.update(window=cfg.sr.window, sr_scale=cfg.model.sr.get("scale", 2))
         return cls(root=d.root, mode=d.mode, resolution=d.resolution, batch_size=d.batch_size,
