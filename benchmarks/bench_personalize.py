@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import save
+from data_modules.shards import HELDOUT_FRACTION, SOURCE_FRAMES
 
 
 def curve(init: str, lr_scale: dict | None, shards: str, identity: str, seed: int, a, device: torch.device) -> list[float]:
@@ -42,7 +43,7 @@ def curve(init: str, lr_scale: dict | None, shards: str, identity: str, seed: in
 
     gen, cfg, id_dim = load_generator(init)
     dm = PersonalVideoDataModule(shards, resolution=cfg["model"]["resolution"], batch_size=a.batch_size,
-                                 heldout_fraction=0.2, samples_per_epoch=a.steps * a.batch_size, id_dim=id_dim,
+                                 heldout_fraction=HELDOUT_FRACTION, samples_per_epoch=a.steps * a.batch_size, id_dim=id_dim,
                                  seed=seed, identities=[identity], source_frame=a.source_frame)
     dm.setup()
     L.seed_everything(seed, verbose=False)  # the same batches for every initialisation
@@ -109,7 +110,7 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--learned-lr", action=argparse.BooleanOptionalAction, default=True,
                    help="fine-tune a checkpoint that carries learned rate multipliers (meta.learn_inner_lr) at them, as src.personalize does")
-    p.add_argument("--source-frame", choices=["typical", "first"], default="typical",
+    p.add_argument("--source-frame", choices=SOURCE_FRAMES, default="typical",
                    help="the frame every held-out frame is driven from (as src.personalize; 'first' was the protocol "
                         "before 2026-11-25)")
     p.add_argument("--seeds", type=int, default=1, help="data orders per identity (curves are averaged)")

@@ -18,14 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.shards import (HELDOUT_FRACTION, check_id_dim, has_hq, heldout_tail, load_manifest, num_frames,
-                                 typical_frame)
+from data_modules.shards import (HELDOUT_FRACTION, SOURCE_FRAMES, check_id_dim, has_hq, heldout_tail, load_manifest,
+                                 num_frames, typical_frame)
 from data_modules.voxceleb2 import GuidanceDataModule, SampleSpec, collate, make_pair, make_window
 from data_modules.augment import ClipAugment
 from src.errors import UserError
 
-
-SOURCE_FRAMES = ("typical", "first")
 
 
 class _PersonalSamples(Dataset):

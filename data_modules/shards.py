@@ -50,6 +50,9 @@ def num_frames(item: dict) -> int:
     return len(item["offsets256"]) - 1
 
 
+SOURCE_FRAMES = ("typical", "first")  # the frame held-out frames are driven from: typical_frame(), or frame 0
+
+
 def typical_frame(landmarks: np.ndarray, lo: int, hi: int) -> int:
     """The frame in [lo, hi) whose 2D landmarks are nearest (sum of squares) the per-point median over that range:
     the clip's usual pose, expression and framing."""

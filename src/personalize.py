@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_modules.shards import HELDOUT_FRACTION, SOURCE_FRAMES
 from src.errors import UserError, cli_entry
 
 
@@ -45,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-4, help="learning rate (warp parameters at optim.warp_lr_mult of it)")
     p.add_argument("--learned-lr", action=argparse.BooleanOptionalAction, default=True,
                    help="apply the per-tensor rate multipliers a meta checkpoint learned (meta.learn_inner_lr), when it has them")
-    p.add_argument("--heldout-fraction", type=float, default=0.2, help="tail of every clip kept for validation")
-    p.add_argument("--source-frame", choices=["typical", "first"], default="typical",
+    p.add_argument("--heldout-fraction", type=float, default=HELDOUT_FRACTION, help="tail of every clip kept for validation")
+    p.add_argument("--source-frame", choices=SOURCE_FRAMES, default="typical",
                    help="held-out frames are driven from this frame of each clip: typical (the training frame nearest "
                         "the clip's median landmarks, default) or first")
     p.add_argument("--eval-every", type=int, default=25, help="steps between held-out evaluations")
