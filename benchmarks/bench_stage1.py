@@ -61,11 +61,13 @@ def main() -> None:
     one = {k: v[:1] for k, v in batch.items()}
     with torch.no_grad():
         gen(one["source"], one["source_lmk_img"], one["driving_lmk_img"], one["embedding"], one["driving_gaze"],
-            one["driving_mouth_mask"])
+            one["driving_mouth_mask"],
+            source_points=one["source_landmarks"], driving_points=one["driving_landmarks"])
         t0 = time.perf_counter()
         for _ in range(5):
             gen(one["source"], one["source_lmk_img"], one["driving_lmk_img"], one["embedding"], one["driving_gaze"],
-                one["driving_mouth_mask"])
+                one["driving_mouth_mask"],
+            source_points=one["source_landmarks"], driving_points=one["driving_landmarks"])
         infer_rate = 5 / (time.perf_counter() - t0)
     save("stage1", {
         "command": "python -m benchmarks.bench_stage1",

@@ -169,7 +169,8 @@ def generate(generator, source: Source, landmarks: np.ndarray, device, batch_siz
     generator = generator.to(device).eval()
     renderer = LandmarkRenderer().to(device)
     src = torch.from_numpy(source.crop).permute(2, 0, 1).float().div(255)[None].to(device)
-    src_lmk = renderer(torch.from_numpy(source.landmarks)[None].to(device), r)
+    src_points = torch.from_numpy(source.landmarks)[None].to(device)
+    src_lmk = renderer(src_points, r)
     identity = torch.from_numpy(source.embedding)[None].to(device)
     feats = generator.source_features(src)  # once per video
     out = []
@@ -180,7 +181,7 @@ def generate(generator, source: Source, landmarks: np.ndarray, device, batch_siz
             frames = generator(source=src.expand(n, -1, -1, -1), source_lmk=src_lmk.expand(n, -1, -1, -1),
                                driving_lmk=renderer(lm, r), identity=identity.expand(n, -1),
                                gaze=gaze_heatmaps(lm, r), mouth_mask=region_masks(lm, r)[1],
-                               source_feats=feats)["output"]
+                               source_feats=feats, source_points=src_points, driving_points=lm)["output"]
             out += list((frames.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
             bar.update(n)
     return out

@@ -190,6 +190,12 @@ def compose(stage: str, args: Iterable[str] = ()) -> DictConfig:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"these keys need a value: {', '.join(missing)} (pass them as key=value)")
+    from src.models.generator import check_model_choices
+
+    try:
+        check_model_choices(cfg.model.warp.mesh_prior, cfg.model.refiner.blend_warped)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return cfg
 
 

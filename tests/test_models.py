@@ -10,13 +10,16 @@ from src.config import compose
 from src.losses.perceptual import L1MSSSIMLoss
 from src.models.blocks import count_parameters
 from src.models.generator import build_discriminator, build_generator
+from src.modules.common import generator_inputs
 
 
 def _inputs(b: int, r: int, id_dim: int):
     g = torch.Generator().manual_seed(0)
     rand = lambda *s: torch.rand(*s, generator=g)
+    # random landmarks: a badly folded mesh, which the prior must handle too
     return dict(source=rand(b, 3, r, r), source_lmk=rand(b, 3, r, r), driving_lmk=rand(b, 3, r, r),
-                identity=torch.randn(b, id_dim, generator=g), gaze=rand(b, 2, r, r), mouth_mask=rand(b, 1, r, r))
+                identity=torch.randn(b, id_dim, generator=g), gaze=rand(b, 2, r, r), mouth_mask=rand(b, 1, r, r),
+                source_points=rand(b, 478, 3), driving_points=rand(b, 478, 3))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "demo", "full"])
@@ -43,29 +46,34 @@ def test_full_preset_matches_the_paper_size():
     assert 2.5e6 < count_parameters(disc) < 3.0e6
 
 
-def test_identical_pair_warps_by_identity_at_init():
-    cfg = compose("refine", ["model=demo"])
+@pytest.mark.parametrize("mesh_prior", [True, False])
+def test_identical_pair_warps_by_identity_at_init(mesh_prior):
+    cfg = compose("refine", ["model=demo", f"model.warp.mesh_prior={str(mesh_prior).lower()}"])
     gen = build_generator(cfg.model, 128)
     x = _inputs(2, 128, 128)
     with torch.no_grad():
-        out = gen.warper(x["source"], x["source_lmk"], x["source_lmk"])
+        out = gen.warper(x["source"], x["source_lmk"], x["source_lmk"], x["source_points"], x["source_points"])
     assert out["flow"].abs().max() == 0
     assert torch.allclose(out["warped"], x["source"], atol=1e-5)
 
 
-def test_one_step_lowers_the_loss_on_real_frames(shards):
+@pytest.mark.parametrize("mesh_prior,lr", [(False, 1e-3), (True, 2e-4)])
+def test_five_steps_lower_the_loss_on_real_frames(shards, mesh_prior, lr):
+    """From the learned-only start (an identity warp) and from the mesh prior, which starts much closer: there a
+    few steps at the training rate (warp tensors at optim.warp_lr_mult of it) still lower the loss."""
     torch.manual_seed(0)
-    cfg = compose("refine", ["model=tiny"])
+    cfg = compose("refine", ["model=tiny", f"model.warp.mesh_prior={str(mesh_prior).lower()}"])
     dm = VoxCeleb2DataModule(str(shards), mode="pairs", resolution=64, batch_size=4, num_workers=0, augment=False)
     dm.setup("fit")
     b = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
     gen = build_generator(cfg.model, dm.id_dim)
     loss_fn = L1MSSSIMLoss()
-    opt = torch.optim.Adam(gen.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    mult = cfg.optim.warp_lr_mult if mesh_prior else 1.0
+    opt = torch.optim.Adam([{"params": gen.refiner.parameters()},
+                            {"params": gen.warper.parameters(), "lr": lr * mult}], lr=lr, betas=(0.5, 0.999))
 
     def loss():
-        out = gen(b["source"], b["source_lmk_img"], b["driving_lmk_img"], b["embedding"], b["driving_gaze"],
-                  b["driving_mouth_mask"])
+        out = gen(**generator_inputs(b))
         return loss_fn(out["output"], b["driving"]) + loss_fn(out["warped"], b["driving"])
 
     before = loss()
@@ -73,6 +81,10 @@ def test_one_step_lowers_the_loss_on_real_frames(shards):
     before.backward()
     assert all(p.grad is not None for p in gen.parameters() if p.requires_grad)
     opt.step()
+    for _ in range(4):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
     with torch.no_grad():
         after = loss()
     assert after < before

@@ -5,7 +5,13 @@
       -> dense-motion hourglass at 1/4 resolution, every normalisation AdaIN(code)
       -> flow (pixels at 1/4 resolution, normalised, added to an identity grid) + occlusion (sigmoid)
       -> the source warped with grid_sample.
-The flow head starts at zero, so an untrained generator warps by the identity.
+
+With `mesh_prior` (the default) the flow is the dense-mesh flow of the two landmark sets (src/faces/mesh_flow.py)
+plus the head's output, a residual that starts at zero; the hourglass also sees that flow and the source warped
+by it, and the occlusion map starts near 1 (the warped source passes through). An untrained generator then warps
+exactly by the mesh, and training improves on the classical warp instead of on a still frame. Without it (the
+paper's design, and checkpoints written before the prior existed) the flow head alone starts at zero: an untrained
+generator warps by the identity, and the flow has to be learned from the landmark images.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
+from src.faces.mesh_flow import MeshFlow
 from src.models.blocks import AdaIN
 
 
@@ -29,6 +36,12 @@ class WarpConfig:
     max_features: int = 1024
     num_blocks: int = 5
     flow_scale: float = 0.25
+    mesh_prior: bool = True
+
+
+# The occlusion logit an untrained generator starts from: sigmoid(2) = 0.88 visible for the learned-only flow (the
+# original's), sigmoid(5) = 0.993 over the mesh flow, which is already right where the mesh covers the face.
+OCCLUSION_BIAS = {False: 2.0, True: 5.0}
 
 
 class LadderEncoder(nn.Module):
@@ -123,22 +136,42 @@ class WarpingGenerator(nn.Module):
             raise ValueError(f"{len(cfg.ladder_channels)} ladder convs shrink {cfg.resolution}px below 2 px; "
                              f"use at most {int(math.log2(cfg.resolution)) - 1} entries in model.warp.ladder_channels")
         self.encoder = LadderEncoder(9, tuple(cfg.ladder_channels), cfg.code_dim)
-        self.hourglass = DenseMotionHourglass(9, cfg.block_expansion, cfg.max_features, cfg.num_blocks, cfg.code_dim)
+        # with the prior the hourglass also sees the mesh flow (2) and the source warped by it (3)
+        self.mesh_flow = MeshFlow() if cfg.mesh_prior else None
+        self.hourglass = DenseMotionHourglass(9 + 5 * cfg.mesh_prior, cfg.block_expansion, cfg.max_features,
+                                              cfg.num_blocks, cfg.code_dim)
         self.flow_head = nn.Conv2d(self.hourglass.out_channels, 2, 7, padding=3)
         self.occlusion_head = nn.Conv2d(self.hourglass.out_channels, 1, 7, padding=3)
         nn.init.zeros_(self.flow_head.weight)
-        nn.init.zeros_(self.flow_head.bias)  # identity warp at initialisation
-        nn.init.constant_(self.occlusion_head.bias, 2.0)  # mostly visible at initialisation
+        nn.init.zeros_(self.flow_head.bias)  # the mesh flow (or the identity) at initialisation
+        nn.init.constant_(self.occlusion_head.bias, OCCLUSION_BIAS[cfg.mesh_prior])
 
-    def forward(self, source: torch.Tensor, source_lmk: torch.Tensor, driving_lmk: torch.Tensor) -> dict:
-        """Images (B, 3, R, R) in [0, 1]. Returns the warped source, the flow (B, 2, r, r) in normalised units
-        at flow resolution r = R * flow_scale, the occlusion map (B, 1, R, R) and the motion code."""
+    def forward(self, source: torch.Tensor, source_lmk: torch.Tensor, driving_lmk: torch.Tensor,
+                source_points: torch.Tensor | None = None, driving_points: torch.Tensor | None = None) -> dict:
+        """Images (B, 3, R, R) in [0, 1]; `*_points` the landmarks (B, 478, 3), normalised as FaceMesh gives them,
+        which the mesh prior needs (a source batch of one is broadcast). Returns the warped source, the flow
+        (B, 2, r, r) in normalised units at flow resolution r = R * flow_scale, the occlusion map (B, 1, R, R),
+        the motion code and, with the prior, the mesh flow alone (`mesh_flow`)."""
         x = torch.cat([source, source_lmk, driving_lmk], 1) * 2 - 1
         code = self.encoder(x)
-        small = F.interpolate(x, size=(self.flow_res, self.flow_res), mode="bilinear", align_corners=False,
-                              antialias=True)
+        size = (self.flow_res, self.flow_res)
+        small = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        prior = None
+        if self.mesh_flow is not None:
+            if source_points is None or driving_points is None:
+                raise ValueError("this generator warps on the mesh prior (model.warp.mesh_prior): pass "
+                                 "source_points and driving_points, the (B, 478, 3) landmarks")
+            prior, _ = self.mesh_flow(source_points.expand(len(driving_points), -1, -1), driving_points, size)
+            prior = prior.to(x.dtype)
+            small_src = F.interpolate(source, size=size, mode="bilinear", align_corners=False, antialias=True)
+            small = torch.cat([small, prior * (self.flow_res / 8), warp(small_src, prior) * 2 - 1], 1)
         h = self.hourglass(small, code)
         flow = self.flow_head(h) * (2.0 / self.flow_res)  # pixels at flow resolution -> [-1, 1] units
+        if prior is not None:
+            flow = flow + prior
         occlusion = torch.sigmoid(F.interpolate(self.occlusion_head(h), size=source.shape[-2:], mode="bilinear",
                                                 align_corners=False))
-        return {"warped": warp(source, flow), "flow": flow, "occlusion": occlusion, "code": code}
+        out = {"warped": warp(source, flow), "flow": flow, "occlusion": occlusion, "code": code}
+        if prior is not None:
+            out["mesh_flow"] = prior
+        return out

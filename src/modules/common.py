@@ -98,7 +98,8 @@ class ReconstructionMetrics(torch.nn.Module):
 def generator_inputs(batch: dict) -> dict:
     """The generator's keyword arguments from a rendered `pairs` batch."""
     return dict(source=batch["source"], source_lmk=batch["source_lmk_img"], driving_lmk=batch["driving_lmk_img"],
-                identity=batch["embedding"], gaze=batch["driving_gaze"], mouth_mask=batch["driving_mouth_mask"])
+                identity=batch["embedding"], gaze=batch["driving_gaze"], mouth_mask=batch["driving_mouth_mask"],
+                source_points=batch["source_landmarks"], driving_points=batch["driving_landmarks"])
 
 
 def reconstruction_losses(weights, perceptual, out: dict, target: torch.Tensor, eye_mask: torch.Tensor,

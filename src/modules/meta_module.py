@@ -46,7 +46,8 @@ def task_frames(batch: dict, t: int, part: str, idx: list[int]) -> tuple[dict, d
     inputs = dict(source=batch["source"][t].expand(n, -1, -1, -1),
                   source_lmk=batch["source_lmk_img"][t].expand(n, -1, -1, -1),
                   driving_lmk=batch[f"{part}_lmk_img"][t, idx], identity=batch["embedding"][t].expand(n, -1),
-                  gaze=batch[f"{part}_gaze"][t, idx], mouth_mask=batch[f"{part}_mouth_mask"][t, idx])
+                  gaze=batch[f"{part}_gaze"][t, idx], mouth_mask=batch[f"{part}_mouth_mask"][t, idx],
+                  source_points=batch["source_landmarks"][t][None], driving_points=batch[f"{part}_landmarks"][t, idx])
     targets = dict(target=batch[part][t, idx], eye_mask=batch[f"{part}_eye_mask"][t, idx],
                    mouth_mask=batch[f"{part}_mouth_mask"][t, idx], lmk_img=batch[f"{part}_lmk_img"][t, idx])
     return inputs, targets

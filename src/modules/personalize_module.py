@@ -19,8 +19,10 @@ from src.models.generator import TalkingHeadGenerator, build_generator
 from src.modules.common import ReconstructionMetrics, generator_inputs, groups_by_rate, reconstruction_losses, tensor_lr
 
 
-def load_generator(checkpoint: str | Path) -> tuple[TalkingHeadGenerator, dict, int]:
-    """(generator with the checkpoint's weights, its config, id_dim) from a refine/meta/personalize checkpoint."""
+def load_generator(checkpoint: str | Path, mesh_prior: bool | None = None) -> tuple[TalkingHeadGenerator, dict, int]:
+    """(generator with the checkpoint's weights, its config, id_dim) from a refine/meta/personalize checkpoint.
+    `mesh_prior`: None takes the checkpoint as it was trained; True or False requires it (an error otherwise:
+    a residual flow trained on the mesh prior means nothing without it, and the reverse)."""
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -36,6 +38,12 @@ def load_generator(checkpoint: str | Path) -> tuple[TalkingHeadGenerator, dict, 
             else "not a generator checkpoint"
         raise UserError(f"{path} is {kind}: give a checkpoint of the refine, stage1, meta or personalize stage")
     cfg, id_dim = hp["cfg"], int(hp["id_dim"])
+    trained_with_prior = mesh_prior_of(cfg)
+    if mesh_prior is not None and mesh_prior != trained_with_prior:
+        raise UserError(f"{path} was trained {'with' if trained_with_prior else 'without'} the mesh prior "
+                        f"(model.warp.mesh_prior={str(trained_with_prior).lower()}); it cannot be run "
+                        f"{'without' if trained_with_prior else 'with'} it")
+    cfg["model"].setdefault("warp", {})["mesh_prior"] = trained_with_prior
     # keys added to the model section after the checkpoint was written take their defaults
     from src.config import CONFIG_DIR
 
@@ -48,6 +56,11 @@ def load_generator(checkpoint: str | Path) -> tuple[TalkingHeadGenerator, dict, 
         raise UserError(f"{path}: generator weights do not fit its own config ({', '.join(bad[:4])} ...)")
     generator.load_state_dict(weights)
     return generator, cfg, id_dim
+
+
+def mesh_prior_of(cfg: dict) -> bool:
+    """Whether a checkpoint's config warps on the mesh prior; checkpoints written before the prior existed do not."""
+    return bool(((cfg.get("model") or {}).get("warp") or {}).get("mesh_prior", False))
 
 
 def learned_lr_scales(checkpoint: str | Path) -> dict[str, float] | None:

@@ -31,7 +31,8 @@ class WarpingModule(L.LightningModule):
         self.val_metrics = ReconstructionMetrics()
 
     def model_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        out = self.warper(batch["source"], batch["source_lmk_img"], batch["driving_lmk_img"])
+        out = self.warper(batch["source"], batch["source_lmk_img"], batch["driving_lmk_img"], batch["source_landmarks"],
+                          batch["driving_landmarks"])
         loss = self.cfg.warp.perceptual_weight * self.perceptual(out["warped"], batch["driving"])
         return loss, out
 

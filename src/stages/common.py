@@ -40,6 +40,7 @@ def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: st
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" not in state:
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    check_mesh_prior(module, state, path)
     source = {dst_prefix + k[len(src_prefix):]: v for k, v in state["state_dict"].items() if k.startswith(src_prefix)}
     target = {k: v for k, v in module.state_dict().items() if k.startswith(dst_prefix)}
     if not source and missing_ok:
@@ -57,6 +58,22 @@ def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: st
         raise UserError(f"{path} does not fit this model ({detail}); was it trained with another model preset?")
     module.load_state_dict(source, strict=False)
     return len(source)
+
+
+def check_mesh_prior(module: torch.nn.Module, state: dict, path: Path) -> None:
+    """A warm start must warp the way its checkpoint was trained: weights of a learned-only flow loaded under the
+    mesh prior (or the reverse) would run, silently, as a model nobody trained."""
+    from src.modules.personalize_module import mesh_prior_of
+
+    cfg = getattr(module, "cfg", None)
+    trained = (state.get("hyper_parameters") or {}).get("cfg")
+    if cfg is None or not isinstance(trained, dict) or "model" not in cfg:
+        return
+    wanted, had = bool(cfg.model.warp.mesh_prior), mesh_prior_of(trained)
+    if wanted != had:
+        raise UserError(f"{path} was trained with model.warp.mesh_prior={str(had).lower()} but this run has "
+                        f"model.warp.mesh_prior={str(wanted).lower()}: pass model.warp.mesh_prior={str(had).lower()} to "
+                        "continue from it, or start from a checkpoint trained like this run")
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:

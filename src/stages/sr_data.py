@@ -36,7 +36,8 @@ def render_clip(generator, item: dict, resolution: int, device, renderer, batch:
         k = len(lm)
         _, mouth = region_masks(lm, resolution)
         pred = generator(source.expand(k, -1, -1, -1), src_lmk.expand(k, -1, -1, -1), renderer(lm, resolution),
-                         ident.expand(k, -1), gaze_heatmaps(lm, resolution), mouth)["output"]
+                         ident.expand(k, -1), gaze_heatmaps(lm, resolution), mouth, source_points=lms[:1].to(device),
+                         driving_points=lm)["output"]
         out += list((pred.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
     return out
 
