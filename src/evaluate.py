@@ -11,14 +11,16 @@ or the frames of a clip of another identity whose motion is transferred relative
 Methods: the model; copy-the-source-frame; a classical piecewise-affine warp of the source along the
 MediaPipe mesh to the target landmarks (no learning at all).
 
-Metrics: PSNR, SSIM, LPIPS (same-identity only; LPIPS when torchmetrics can build it, which needs
-torchvision and its downloaded weights, otherwise reported as unavailable with the reason, never as 0);
-CSIM (cosine similarity of identity embeddings of output and source, with the backend the checkpoint was
-trained with); AKD, AED, APD on MediaPipe landmarks (see src/metrics/face.py for their definitions); the
-temporal warping error of consecutive outputs (src/metrics/temporal.py), also of the real driving frames.
-Outputs without a detectable face are left out of the landmark and identity metrics and counted.
+Metrics: PSNR, SSIM, LPIPS (same-identity only); FID of each method's frames against the real frames of the
+evaluated clips; CSIM (cosine similarity of identity embeddings of output and source, with the backend the
+checkpoint was trained with) and the paper's ID loss, 1 - CSIM; AKD, AED, APD on MediaPipe landmarks (see
+src/metrics/face.py for their definitions); the temporal warping error of consecutive outputs
+(src/metrics/temporal.py), also of the real driving frames. Outputs without a detectable face are left out of
+the landmark and identity metrics and counted. LPIPS and FID need torchvision, torch-fidelity and downloaded
+weights (`pip install -e ".[metrics]"` where torchvision installs beside torch, see the README); without them
+they are reported as unavailable with the reason, never as 0.
 
-Written: DIR/metrics.json and DIR/metrics.md (a Markdown table).
+Written: DIR/metrics.json (overall and per identity) and DIR/metrics.md (Markdown tables).
 """
 from __future__ import annotations
 
@@ -36,8 +38,16 @@ from src.errors import UserError, cli_entry
 from src.preprocess import _atomic_write
 
 METHODS = ("model", "piecewise_affine", "copy_source")
-COLUMNS = [("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"), ("csim", "CSIM ↑"), ("akd", "AKD px ↓"),
-           ("aed", "AED ↓"), ("apd", "APD ° ↓"), ("warp_error", "warp err ↓"), ("face_found", "face found")]
+MESH_PRIOR = {"auto": None, "on": True, "off": False}  # --mesh-prior: as trained, or required
+COLUMNS = [("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"), ("fid", "FID ↓"), ("csim", "CSIM ↑"),
+           ("id_loss", "ID loss ↓"), ("akd", "AKD px ↓"), ("aed", "AED ↓"), ("apd", "APD ° ↓"),
+           ("warp_error", "warp err ↓"), ("face_found", "face found")]
+# columns that are not means of per-frame values
+DERIVED = ("fid", "id_loss", "face_found")
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else type(exc).__name__
 
 
 def build_lpips(device):
@@ -47,7 +57,19 @@ def build_lpips(device):
 
         return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).to(device).eval(), None
     except Exception as exc:  # torchvision missing, weights not downloadable offline, ...
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        return None, _why(exc)
+
+
+def build_fid(device):
+    """(a function making one FID metric per method, or None, why it is unavailable). torchmetrics' FID runs
+    torch-fidelity's Inception v3, whose weights it downloads on first use."""
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        FrechetInceptionDistance(feature=2048, normalize=True)  # fails early without torch-fidelity or weights
+        return lambda: FrechetInceptionDistance(feature=2048, normalize=True).to(device), None
+    except Exception as exc:
+        return None, _why(exc)
 
 
 class Landmarker:
@@ -117,21 +139,25 @@ def evaluate(a: argparse.Namespace) -> dict:
     from src.personalize import resolve_device
 
     device = resolve_device(a.device)
-    generator, cfg, id_dim = load_generator(a.checkpoint)
+    generator, cfg, id_dim = load_generator(a.checkpoint, mesh_prior=MESH_PRIOR[a.mesh_prior])
     r = cfg["model"]["resolution"]
     manifest = load_manifest(a.data)
     if a.split not in manifest["splits"] or not (Path(a.data) / a.split).is_dir():
         raise UserError(f"--split {a.split} is not in {a.data} (splits: {', '.join(manifest['splits'])})")
     embedder = identity_embedder(a.identity_backend, id_dim)
     lpips, lpips_why = build_lpips(device) if a.mode == "same-identity" else (None, "no ground truth across identities")
+    make_fid, fid_why = build_fid(device)
+    fids = {m: make_fid() for m in METHODS} if make_fid else {}
     landmarker = Landmarker()
     jobs = jobs_for(StreamingDataset(str(Path(a.data) / a.split)), a.mode, a.max_frames)
     if not jobs:
         raise UserError(f"no clip in {a.data}/{a.split} has enough frames to evaluate")
+    # per method and metric: (identity, value) of every frame (or clip, for the warping error)
     scores = {m: {k: [] for k, _ in COLUMNS} for m in (*METHODS, "real_driving")}
-    found = {m: [0, 0] for m in METHODS}
+    found = {m: {} for m in METHODS}  # identity -> [frames with a face, frames]
     t0 = time.time()
     for job in tqdm(jobs, desc=f"evaluate ({a.mode})", unit="clip", disable=a.quiet, dynamic_ncols=True):
+        person = job["source"]["identity"]
         src_np = decode_frames(job["source"], [0], size=r)[0]
         src_lm = job["source"]["landmarks"][0].astype(np.float32)
         drv_np = decode_frames(job["driving"], job["frames"], size=r)
@@ -145,56 +171,86 @@ def evaluate(a: argparse.Namespace) -> dict:
         }
         src_found = landmarker(src_np)
         src_emb = embedder(src_np, src_found if src_found is not None else src_lm)
+        gt_t = torch.from_numpy(drv_np).permute(0, 3, 1, 2).float().div(255).to(device)
         if a.mode == "same-identity":
-            scores["real_driving"]["warp_error"].append(warping_error(drv_np))
+            scores["real_driving"]["warp_error"].append((person, warping_error(drv_np)))
         for method, frames in outputs.items():
             s = scores[method]
-            s["warp_error"].append(warping_error(np.stack(frames)))
+            s["warp_error"].append((person, warping_error(np.stack(frames))))
+            out_t = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div(255).to(device)
+            if fids:
+                fids[method].update(gt_t, real=True)
+                fids[method].update(out_t, real=False)
             if a.mode == "same-identity":
-                out_t = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div(255).to(device)
-                gt_t = torch.from_numpy(drv_np).permute(0, 3, 1, 2).float().div(255).to(device)
                 for i in range(len(frames)):
-                    s["psnr"].append(float(peak_signal_noise_ratio(out_t[i : i + 1], gt_t[i : i + 1], data_range=1.0)))
-                    s["ssim"].append(float(structural_similarity_index_measure(out_t[i : i + 1], gt_t[i : i + 1], data_range=1.0)))
-                if lpips is not None:
-                    s["lpips"] += [float(lpips(out_t[i : i + 1], gt_t[i : i + 1])) for i in range(len(frames))]
+                    o, g = out_t[i : i + 1], gt_t[i : i + 1]
+                    s["psnr"].append((person, float(peak_signal_noise_ratio(o, g, data_range=1.0))))
+                    s["ssim"].append((person, float(structural_similarity_index_measure(o, g, data_range=1.0))))
+                    if lpips is not None:
+                        s["lpips"].append((person, float(lpips(o, g))))
+            count = found[method].setdefault(person, [0, 0])
             for i, frame in enumerate(frames):
                 lm = landmarker(frame)
-                found[method][1] += 1
+                count[1] += 1
                 if lm is None:
                     continue
-                found[method][0] += 1
-                s["akd"].append(akd(lm, targets[i], r))
+                count[0] += 1
+                s["akd"].append((person, akd(lm, targets[i], r)))
                 apd, aed = pose_and_expression(lm, drv_lm[i])
-                s["apd"].append(apd)
-                s["aed"].append(aed)
-                s["csim"].append(cosine(embedder(frame, lm), src_emb))
+                s["apd"].append((person, apd))
+                s["aed"].append((person, aed))
+                s["csim"].append((person, cosine(embedder(frame, lm), src_emb)))
     unavailable = {} if lpips is not None else {"lpips": lpips_why}
+    if not fids:
+        unavailable["fid"] = fid_why
     if a.mode == "cross-identity":
         unavailable.update({k: "no ground truth across identities" for k in ("psnr", "ssim")})
+    fid_values = {m: _fid(f) for m, f in fids.items()}
+    people = sorted({job["source"]["identity"] for job in jobs})
+    return {
+        "checkpoint": str(a.checkpoint), "data": str(a.data), "split": a.split, "mode": a.mode, "resolution": r,
+        "mesh_prior": generator.mesh_prior,
+        "clips": len(jobs), "pairs": sum(len(j["frames"]) for j in jobs), "identity_backend": embedder.name,
+        "metrics": summarise(scores, found, unavailable, fid_values),
+        "per_identity": {p: summarise(scores, found, unavailable, None, p) for p in people},
+        "unavailable": unavailable, "seconds": round(time.time() - t0, 1),
+        "notes": "AKD/AED/APD on MediaPipe's 468-point mesh (src/metrics/face.py); comparable between the rows "
+                 "here, not with numbers from papers. ID loss = 1 - CSIM (the paper's). FID over all evaluated "
+                 "frames against the real frames of the same clips (only in the overall table; a handful of "
+                 "frames makes it noisy). real_driving: the real frames' own temporal warping error.",
+    }
+
+
+def _fid(metric) -> float | str:
+    try:
+        return round(float(metric.compute()), 3)
+    except Exception as exc:  # e.g. fewer than 2 frames
+        return f"unavailable ({_why(exc)})"
+
+
+def summarise(scores: dict, found: dict, unavailable: dict, fid: dict | None, person: str | None = None) -> dict:
+    """One row per method: the mean of each metric over all frames, or over one identity's frames."""
     table = {}
     for method in (*METHODS, "real_driving"):
         row = {}
         for key, _ in COLUMNS:
-            values = scores[method][key]
-            if key == "face_found":
-                if method in found:
-                    row[key] = round(found[method][0] / max(1, found[method][1]), 4)
-                continue
+            values = [v for who, v in scores[method][key] if person is None or who == person]
             if method == "real_driving" and key != "warp_error":
                 continue
             if key in unavailable:
                 row[key] = "unavailable"
+            elif key == "face_found":
+                hits = [c for who, c in found[method].items() if person is None or who == person]
+                row[key] = round(sum(h for h, _ in hits) / max(1, sum(n for _, n in hits)), 4)
+            elif key == "fid":
+                if fid is not None and method in fid:
+                    row[key] = fid[method]
             elif values:
                 row[key] = round(float(np.mean(values)), 5 if key == "warp_error" else 4)
-        table[method] = row
-    return {
-        "checkpoint": str(a.checkpoint), "data": str(a.data), "split": a.split, "mode": a.mode, "resolution": r,
-        "clips": len(jobs), "pairs": sum(len(j["frames"]) for j in jobs), "identity_backend": embedder.name,
-        "metrics": table, "unavailable": unavailable, "seconds": round(time.time() - t0, 1),
-        "notes": "AKD/AED/APD on MediaPipe's 468-point mesh (src/metrics/face.py); comparable between the rows "
-                 "here, not with numbers from papers. real_driving: the real frames' own temporal warping error.",
-    }
+        if "csim" in row:
+            row["id_loss"] = round(1 - row["csim"], 4)
+        table[method] = {k: row[k] for k, _ in COLUMNS if k in row}
+    return table
 
 
 def markdown(result: dict) -> str:
@@ -205,6 +261,15 @@ def markdown(result: dict) -> str:
     for method, row in result["metrics"].items():
         cells = [str(row.get(k, "–")) for k, _ in COLUMNS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    per_identity = result.get("per_identity") or {}
+    if per_identity:
+        columns = [(k, h) for k, h in COLUMNS if k not in ("fid", "lpips") and k not in result["unavailable"]]
+        lines += ["", "Per identity:", "", "| identity | method | " + " | ".join(h for _, h in columns) + " |",
+                  "|---|---|" + "---|" * len(columns)]
+        for person, table in per_identity.items():
+            for method in METHODS:
+                cells = [str(table.get(method, {}).get(k, "–")) for k, _ in columns]
+                lines.append(f"| {person} | {method} | " + " | ".join(cells) + " |")
     if result["unavailable"]:
         lines += ["", "Unavailable: " + "; ".join(f"{k}: {v}" for k, v in result["unavailable"].items())]
     lines += ["", result["notes"], ""]
@@ -224,6 +289,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--identity-backend", default="auto", choices=["auto", "insightface", "dlib"])
+    p.add_argument("--mesh-prior", choices=list(MESH_PRIOR), default="auto",
+                   help="auto: run the checkpoint as it was trained; on/off: require a checkpoint trained with/without "
+                        "the mesh prior (an error otherwise), for ablation tables that must not mix the two")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     if a.max_frames < 2:

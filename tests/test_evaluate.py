@@ -10,7 +10,7 @@ import pytest
 from src import evaluate
 from src.metrics.face import akd, pose_and_expression, umeyama
 
-ROW_KEYS = ("psnr", "ssim", "lpips", "csim", "akd", "aed", "apd", "warp_error", "face_found")
+ROW_KEYS = ("psnr", "ssim", "lpips", "fid", "csim", "id_loss", "akd", "aed", "apd", "warp_error", "face_found")
 
 
 def _run(ckpt, shards, out, *extra) -> int:
@@ -28,8 +28,21 @@ def test_same_identity_every_metric_both_baselines(tiny_generator_ckpt, shards, 
         assert set(row) == set(ROW_KEYS), method
         for key in ROW_KEYS:  # a number, or the word; never a silent 0 for a metric that could not run
             assert isinstance(row[key], float) or row[key] == "unavailable", (method, key, row[key])
-    if result["metrics"]["model"]["lpips"] == "unavailable":
-        assert result["unavailable"]["lpips"]  # with the reason
+    for key in ("lpips", "fid"):
+        if result["metrics"]["model"][key] == "unavailable":
+            assert result["unavailable"][key]  # with the reason
+    for method, row in result["metrics"].items():
+        if "csim" in row:
+            assert row["id_loss"] == pytest.approx(1 - row["csim"], abs=1e-4)  # the paper's ID loss
+    # the breakdown per identity: each person's rows, whose frame-weighted mean is the overall row
+    people = result["per_identity"]
+    assert len(people) >= 2 and all(set(t) == set(result["metrics"]) for t in people.values())
+    frames = {p: t["model"]["face_found"] for p, t in people.items()}
+    assert all(0 <= f <= 1 for f in frames.values())
+    psnrs = [t["piecewise_affine"]["psnr"] for t in people.values()]
+    assert min(psnrs) - 1e-3 <= result["metrics"]["piecewise_affine"]["psnr"] <= max(psnrs) + 1e-3
+    md = (tmp_path / "same" / "metrics.md").read_text()
+    assert "Per identity:" in md and all(f"| {p} | model |" in md for p in people)
     copy, pwa = result["metrics"]["copy_source"], result["metrics"]["piecewise_affine"]
     assert copy["csim"] == pytest.approx(1.0, abs=1e-4)  # the source compared with itself
     assert copy["warp_error"] < 1e-6  # a still picture does not flicker
@@ -55,6 +68,10 @@ def test_bad_inputs(tiny_generator_ckpt, shards, tmp_path, capsys):
     assert "not a readable checkpoint" in capsys.readouterr().err
     assert _run(tiny_generator_ckpt, tmp_path / "missing", tmp_path / "x") == 2
     assert not (tmp_path / "x").exists()
+    capsys.readouterr()
+    # the fixture checkpoint warps on the mesh prior: requiring a learned-only one is a clear error
+    assert _run(tiny_generator_ckpt, shards, tmp_path / "x", "--mesh-prior", "off") == 2
+    assert "trained with the mesh prior" in capsys.readouterr().err
 
 
 def test_face_metrics_on_known_transforms(shards):

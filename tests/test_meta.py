@@ -46,14 +46,19 @@ def _adapted_query_loss(module, batch) -> float:
 def test_reptile_outer_gradient_is_theta_minus_adapted(shards):
     # inner SGD: Adam's first steps divide near-zero gradients by their own magnitude, which turns the ~1e-9
     # run-to-run noise of CPU convolution gradients into visible differences, and this test compares two runs
-    module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.01")
+    module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.001")
     assert batch["source"].shape[0] == 2 and batch["support"].shape[1] == 4
     grads, stats = _outer_grads(module, batch)
     theta = {n: p.detach().clone() for n, p in module.generator.named_parameters()}
     expected = {n: torch.zeros_like(p) for n, p in theta.items()}
     for t in range(2):
         fast, hist = module.adapt(batch, t, module.cfg.meta.inner_steps)
-        assert hist[-1] < hist[0] * 1.5 and len(hist) == module.cfg.meta.inner_steps
+        assert len(hist) == module.cfg.meta.inner_steps
+        # adapting lowers the loss on the task's support frames (each inner step sees other frames, so the
+        # history compares different frames: under the mesh prior their losses differ more than a step changes)
+        every = list(range(batch["support"].shape[1]))
+        with torch.no_grad():
+            assert module.task_loss(fast, batch, t, "support", every)[0] < module.task_loss(theta, batch, t, "support", every)[0]
         for n in theta:
             expected[n] += (theta[n] - fast[n].detach()) / 2
     assert sum(float(g.abs().sum()) for g in grads.values()) > 0
@@ -67,7 +72,7 @@ def test_reptile_outer_gradient_is_theta_minus_adapted(shards):
 
 
 def test_reptile_with_outer_sgd_at_lr_1_lands_on_the_mean_adapted_weights(shards):
-    module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.01",
+    module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.001",
                           "meta.outer_optimizer=sgd", "optim.lr=1.0")
     (opt,) = module.configure_optimizers()
     assert isinstance(opt, torch.optim.SGD)
@@ -128,7 +133,7 @@ def test_fomaml_gradient_depends_on_the_query_and_lowers_the_adapted_query_loss(
 
 def test_multi_step_loss_averages_the_query_gradient_over_the_start_and_every_inner_step(shards):
     module, batch = _meta(shards, "meta.algorithm=fomaml", "meta.multi_step_loss=true", "meta.inner_steps=1",
-                          "meta.inner_optimizer=sgd", "meta.inner_lr=0.01")
+                          "meta.inner_optimizer=sgd", "meta.inner_lr=0.001")
     grads, stats = _outer_grads(module, batch)
     assert stats["query_loss_unadapted"] != stats["query_loss"]
     theta = {n: p.detach().clone() for n, p in module.generator.named_parameters()}
@@ -174,7 +179,7 @@ def test_learned_inner_rate_gradient_is_the_derivative_of_the_adapted_query_loss
 def test_learned_rates_are_stepped_bounded_saved_and_read_back(shards, tmp_path):
     from src.modules.personalize_module import PersonalizeModule, learned_lr_scales
 
-    module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.01",
+    module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.001",
                           "meta.learn_inner_lr=true", "meta.inner_lr_lr=0.5", "meta.inner_lr_scale_max=1.2")
     opt, rate_opt = module.configure_optimizers()
     assert rate_opt.param_groups[0]["params"] == [module.inner_log_lr]
@@ -194,7 +199,7 @@ def test_learned_rates_are_stepped_bounded_saved_and_read_back(shards, tmp_path)
     loss, _ = module.task_loss(start, batch, 0, "support", [0, 1])
     grads = dict(zip(theta, torch.autograd.grad(loss, list(start.values()))))
     for n in (module.param_names[0], module.param_names[-1]):  # a warp tensor (warp_lr_mult) and a refiner one
-        lr = module._lr(n, 0.01) * scale[n]
+        lr = module._lr(n, module.cfg.meta.inner_lr) * scale[n]
         assert torch.allclose(fast[n].detach(), theta[n] - lr * grads[n], rtol=1e-4, atol=1e-8), n
     # saved as plain floats by name (weights_only), read back by personalization, applied on top of its rate
     ckpt = {"state_dict": {f"generator.{k}": v for k, v in module.generator.state_dict().items()},
@@ -247,7 +252,7 @@ def test_maml_is_second_order_and_needs_inner_sgd(shards, tmp_path):
 
     vgg = tmp_path / VGG19_FILE
     torch.save({f"features.{k}": v for k, v in vgg19_features().state_dict().items()}, vgg)
-    module, batch = _meta(shards, "meta.algorithm=maml", "meta.inner_optimizer=sgd", "meta.inner_lr=1e-4",
+    module, batch = _meta(shards, "meta.algorithm=maml", "meta.inner_optimizer=sgd", "meta.inner_lr=1e-3",
                           "loss.perceptual=vgg19", f"loss.vgg19_weights={vgg}", "loss.perceptual_scales=[1.0]")
     g2, _ = _outer_grads(module, batch)
     module.cfg.meta.algorithm = "fomaml"
@@ -266,7 +271,7 @@ def test_validation_adapts_and_logs_the_gain(shards, tmp_path):
     module.validation_step(batch, 0)
     module.on_validation_epoch_end()  # the running means are reduced and logged here
     assert logged["val/query_loss_after"] < logged["val/query_loss_before"]
-    assert logged["val/adapt_gain"] == pytest.approx(logged["val/query_loss_before"] - logged["val/query_loss_after"])
+    assert logged["val/adapt_gain"] == pytest.approx(logged["val/query_loss_before"] - logged["val/query_loss_after"], rel=1e-4)  # float32 means
 
 
 def test_meta_stage_starts_from_the_latest_stage1_run_and_records_lineage(shards, tmp_path):
