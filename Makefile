@@ -91,6 +91,7 @@ EVIDENCE_SHARDS ?= outputs/bench/shards_fixtures
 bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md (evidence runs evaluated when present)
 	$(PY) -m benchmarks.bench_preprocess
 	$(PY) -m benchmarks.bench_datamodules
+	$(PY) -m benchmarks.bench_mesh_flow
 	$(PY) -m benchmarks.bench_stage1
 	$(PY) -m benchmarks.bench_personalize_speed
 	$(PY) -m benchmarks.bench_sr

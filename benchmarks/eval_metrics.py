@@ -39,6 +39,9 @@ def main(argv=None) -> None:
         for method, row in r["metrics"].items():
             if row:  # real_driving has no row across identities (no real frames of the source person)
                 result[f"{mode}: {method}"] = row
+        for person, table in r.get("per_identity", {}).items():  # PSNR / SSIM / AKD of each method, per person
+            result[f"{mode}: {person}"] = {m: "/".join(str(row.get(k, "-")) for k in ("psnr", "ssim", "akd"))
+                                           for m, row in table.items() if m != "real_driving"}
         if r["unavailable"]:
             result[f"{mode}: unavailable"] = r["unavailable"]
     result["eval_s"] = round(time.time() - t0, 1)

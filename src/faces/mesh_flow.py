@@ -65,7 +65,7 @@ class MeshFlow(nn.Module):
         b, dev = src_uv.shape[0], src_uv.device
         tris = self.triangles
         t = len(tris)
-        # driving vertices in pixel units (pixel centres at integers), source vertices in normalised units
+        # driving vertices in pixel units (pixel centres at integers); displacements stay in normalised units
         scale = src_uv.new_tensor([w / 2, h / 2])
         dpx = (drv_uv + 1) * scale - 0.5
         a, bb, c = (dpx[:, tris[:, k]] for k in range(3))  # (B, T, 2)
@@ -81,7 +81,8 @@ class MeshFlow(nn.Module):
         best_depth = src_uv.new_full((b * h * w,), float("inf"))
         best_disp = src_uv.new_zeros(b * h * w, 2)
         ends = counts.cumsum(0)
-        total = int(ends[-1].item()) if len(ends) else 0  # the one host sync: how many candidates there are
+        # host syncs per call: this count, the chunk bounds, and the sizes of the masked selections below
+        total = int(ends[-1].item()) if len(ends) else 0
         if total == 0:
             return src_uv.new_zeros(b, 2, h, w), src_uv.new_zeros(b, 1, h, w)
         # split the (frame, triangle) list into chunks of about _CANDIDATE_BUDGET candidates
