@@ -1,6 +1,5 @@
 """Samples/s of each VoxCeleb2DataModule mode at 256 with 2 loader workers, on the fixture shards
-(built by bench_preprocess), and the cost of rendering the landmark guidance of a batch and of its mesh-flow
-prior (src/faces/mesh_flow.py, at the warp's 64 x 64 flow resolution of a 256 model) on the CPU."""
+(built by bench_preprocess), and the cost of rendering the landmark guidance of a batch on the CPU."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +9,6 @@ import torch
 
 from benchmarks.common import RESULTS, save
 from data_modules.voxceleb2 import VoxCeleb2DataModule, render_guidance
-from src.faces.mesh_flow import MeshFlow
 from src.faces.render import LandmarkRenderer
 
 
@@ -42,19 +40,11 @@ def main() -> None:
     for _ in range(5):
         render_guidance(dict(batch), renderer, 256)
     render_ms = (time.perf_counter() - t0) / 5 * 1000
-    mesh = MeshFlow()
-    src, drv = batch["source_landmarks"].float(), batch["driving_landmarks"].float()
-    mesh(src, drv, 64)
-    t0 = time.perf_counter()
-    for _ in range(10):
-        mesh(src, drv, 64)
-    mesh_ms = (time.perf_counter() - t0) / 10 * 1000
     save("datamodules", {
         "command": "python -m benchmarks.bench_datamodules",
         "resolution": 256, "loader_workers": 2, "batch_size": 8,
         "samples_per_s": rates, "episode_note": "an episode item holds 1 + 4 support + 4 query frames",
         "render_guidance_ms_per_batch_cpu": round(render_ms, 1),
-        "mesh_flow_64px_ms_per_batch_cpu": round(mesh_ms, 1),
     })
 
 

@@ -2,7 +2,8 @@
 of the refine stage (generator + discriminator step) and inference frames/s of the generator.
 
 The loss here is the L1 + MS-SSIM substitute: VGG19 weights cannot be downloaded on the benchmark machine,
-so the VGG forward of the real perceptual loss is not in these timings."""
+so the VGG forward of the real perceptual loss is not in these timings. Images are random; the landmarks the mesh
+prior warps by are a real clip's, from the preprocessing benchmark's shards (run bench_preprocess first)."""
 from __future__ import annotations
 
 import sys
@@ -11,18 +12,31 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.common import save
+from benchmarks.common import RESULTS, save
 from src.config import compose
 from src.models.blocks import count_parameters
+from src.modules.common import generator_inputs
 from src.modules.refiner_module import RefinerModule
+
+
+def real_landmarks(n: int) -> torch.Tensor:
+    """(n, 478, 3) consecutive MediaPipe landmark sets of a real fixture clip (the preprocessing benchmark's shards):
+    the mesh prior's cost depends on a face-shaped mesh, which random points are not."""
+    import numpy as np
+    from litdata import StreamingDataset
+
+    item = StreamingDataset(str(RESULTS / "shards_fixtures" / "test"))[0]
+    return torch.from_numpy(item["landmarks"][:n].astype(np.float32))
 
 
 def fake_batch(b: int, r: int, id_dim: int) -> dict:
     g = torch.Generator().manual_seed(0)
     rand = lambda *s: torch.rand(*s, generator=g)
+    lms = real_landmarks(b + 1)
     return {"source": rand(b, 3, r, r), "driving": rand(b, 3, r, r), "source_lmk_img": rand(b, 3, r, r),
             "driving_lmk_img": rand(b, 3, r, r), "embedding": torch.randn(b, id_dim, generator=g),
-            "driving_gaze": rand(b, 2, r, r), "driving_eye_mask": rand(b, 1, r, r), "driving_mouth_mask": rand(b, 1, r, r)}
+            "driving_gaze": rand(b, 2, r, r), "driving_eye_mask": rand(b, 1, r, r), "driving_mouth_mask": rand(b, 1, r, r),
+            "source_landmarks": lms[:1].expand(b, -1, -1), "driving_landmarks": lms[1:]}
 
 
 def main() -> None:
@@ -60,14 +74,10 @@ def main() -> None:
     gen = module.generator.eval()
     one = {k: v[:1] for k, v in batch.items()}
     with torch.no_grad():
-        gen(one["source"], one["source_lmk_img"], one["driving_lmk_img"], one["embedding"], one["driving_gaze"],
-            one["driving_mouth_mask"],
-            source_points=one["source_landmarks"], driving_points=one["driving_landmarks"])
+        gen(**generator_inputs(one))
         t0 = time.perf_counter()
         for _ in range(5):
-            gen(one["source"], one["source_lmk_img"], one["driving_lmk_img"], one["embedding"], one["driving_gaze"],
-                one["driving_mouth_mask"],
-            source_points=one["source_landmarks"], driving_points=one["driving_landmarks"])
+            gen(**generator_inputs(one))
         infer_rate = 5 / (time.perf_counter() - t0)
     save("stage1", {
         "command": "python -m benchmarks.bench_stage1",

@@ -42,8 +42,6 @@ MESH_PRIOR = {"auto": None, "on": True, "off": False}  # --mesh-prior: as traine
 COLUMNS = [("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"), ("fid", "FID ↓"), ("csim", "CSIM ↑"),
            ("id_loss", "ID loss ↓"), ("akd", "AKD px ↓"), ("aed", "AED ↓"), ("apd", "APD ° ↓"),
            ("warp_error", "warp err ↓"), ("face_found", "face found")]
-# columns that are not means of per-frame values
-DERIVED = ("fid", "id_loss", "face_found")
 
 
 def _why(exc: Exception) -> str:

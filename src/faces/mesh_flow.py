@@ -94,8 +94,6 @@ class MeshFlow(nn.Module):
         # the displacement at each vertex, interpolated barycentrically: exactly 0 where the landmarks agree
         tri_disp = flat((src_uv - drv_uv)[:, tris])  # (B*T, 3, 2)
         for s, e in zip(edges[:-1], edges[1:]):
-            if e <= s:
-                continue
             ids = torch.repeat_interleave(torch.arange(s, e, device=dev), counts[s:e])
             if len(ids) == 0:
                 continue

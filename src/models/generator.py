@@ -21,7 +21,7 @@ class TalkingHeadGenerator(nn.Module):
 
     @property
     def mesh_prior(self) -> bool:
-        return self.warper.mesh_flow is not None
+        return self.warper.cfg.mesh_prior
 
     def forward(self, source: torch.Tensor, source_lmk: torch.Tensor, driving_lmk: torch.Tensor,
                 identity: torch.Tensor, gaze: torch.Tensor, mouth_mask: torch.Tensor, refine: bool = True,

@@ -38,12 +38,9 @@ def load_generator(checkpoint: str | Path, mesh_prior: bool | None = None) -> tu
             else "not a generator checkpoint"
         raise UserError(f"{path} is {kind}: give a checkpoint of the refine, stage1, meta or personalize stage")
     cfg, id_dim = hp["cfg"], int(hp["id_dim"])
-    trained_with_prior = mesh_prior_of(cfg)
-    if mesh_prior is not None and mesh_prior != trained_with_prior:
-        raise UserError(f"{path} was trained {'with' if trained_with_prior else 'without'} the mesh prior "
-                        f"(model.warp.mesh_prior={str(trained_with_prior).lower()}); it cannot be run "
-                        f"{'without' if trained_with_prior else 'with'} it")
-    cfg["model"].setdefault("warp", {})["mesh_prior"] = trained_with_prior
+    if mesh_prior is not None:
+        require_mesh_prior(path, cfg, mesh_prior)
+    cfg["model"].setdefault("warp", {})["mesh_prior"] = mesh_prior_of(cfg)
     # keys added to the model section after the checkpoint was written take their defaults
     from src.config import CONFIG_DIR
 
@@ -61,6 +58,17 @@ def load_generator(checkpoint: str | Path, mesh_prior: bool | None = None) -> tu
 def mesh_prior_of(cfg: dict) -> bool:
     """Whether a checkpoint's config warps on the mesh prior; checkpoints written before the prior existed do not."""
     return bool(((cfg.get("model") or {}).get("warp") or {}).get("mesh_prior", False))
+
+
+def require_mesh_prior(path: Path, trained_cfg: dict, wanted: bool, hint: str = "") -> None:
+    """An error unless the checkpoint at `path` (its config `trained_cfg`) warps as `wanted`: a residual flow trained
+    on the mesh prior means nothing without it, and weights of a learned-only flow run under it as a model nobody
+    trained."""
+    had = mesh_prior_of(trained_cfg)
+    if had != wanted:
+        raise UserError(f"{path} was trained {'with' if had else 'without'} the mesh prior "
+                        f"(model.warp.mesh_prior={str(had).lower()}); it cannot be run {'without' if had else 'with'} "
+                        f"it{hint}")
 
 
 def learned_lr_scales(checkpoint: str | Path) -> dict[str, float] | None:

@@ -65,5 +65,5 @@ class WarpingModule(L.LightningModule):
         # gradients are large (the warped source's image gradients): it trains at the warp rate of the later
         # stages (optim.warp_lr_mult of optim.lr). At the full rate it drifted off the prior (demo preset: val
         # PSNR fell over 2 epochs). Learned alone, the flow starts from the identity and takes the full rate.
-        lr = o.lr * (o.warp_lr_mult if self.warper.mesh_flow is not None else 1.0)
+        lr = o.lr * (o.warp_lr_mult if self.warper.cfg.mesh_prior else 1.0)
         return torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)

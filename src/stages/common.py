@@ -63,17 +63,16 @@ def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: st
 def check_mesh_prior(module: torch.nn.Module, state: dict, path: Path) -> None:
     """A warm start must warp the way its checkpoint was trained: weights of a learned-only flow loaded under the
     mesh prior (or the reverse) would run, silently, as a model nobody trained."""
-    from src.modules.personalize_module import mesh_prior_of
+    from src.modules.personalize_module import mesh_prior_of, require_mesh_prior
 
     cfg = getattr(module, "cfg", None)
     trained = (state.get("hyper_parameters") or {}).get("cfg")
     if cfg is None or not isinstance(trained, dict) or "model" not in cfg:
         return
-    wanted, had = bool(cfg.model.warp.mesh_prior), mesh_prior_of(trained)
-    if wanted != had:
-        raise UserError(f"{path} was trained with model.warp.mesh_prior={str(had).lower()} but this run has "
-                        f"model.warp.mesh_prior={str(wanted).lower()}: pass model.warp.mesh_prior={str(had).lower()} to "
-                        "continue from it, or start from a checkpoint trained like this run")
+    had = str(mesh_prior_of(trained)).lower()
+    require_mesh_prior(path, trained, bool(cfg.model.warp.mesh_prior),
+                       f": pass model.warp.mesh_prior={had} to continue from it, or start from a checkpoint trained "
+                       "like this run")
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:

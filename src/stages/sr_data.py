@@ -28,7 +28,8 @@ def render_clip(generator, item: dict, resolution: int, device, renderer, batch:
     frames = torch.from_numpy(decode_frames(item, range(n), size=resolution)).permute(0, 3, 1, 2).float().div(255)
     lms = torch.from_numpy(item["landmarks"].astype(np.float32))
     source = frames[:1].to(device)
-    src_lmk = renderer(lms[:1].to(device), resolution)
+    src_points = lms[:1].to(device)
+    src_lmk = renderer(src_points, resolution)
     ident = torch.from_numpy(item["embedding"].copy())[None].to(device)
     out = []
     for i in range(0, n, batch):
@@ -36,7 +37,7 @@ def render_clip(generator, item: dict, resolution: int, device, renderer, batch:
         k = len(lm)
         _, mouth = region_masks(lm, resolution)
         pred = generator(source.expand(k, -1, -1, -1), src_lmk.expand(k, -1, -1, -1), renderer(lm, resolution),
-                         ident.expand(k, -1), gaze_heatmaps(lm, resolution), mouth, source_points=lms[:1].to(device),
+                         ident.expand(k, -1), gaze_heatmaps(lm, resolution), mouth, source_points=src_points,
                          driving_points=lm)["output"]
         out += list((pred.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
     return out
