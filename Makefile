@@ -19,7 +19,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install test demo sample preprocess stage1 meta sr personalize upscale animate evaluate sweep train bench bench-personalize meta-evidence clean distclean
+.PHONY: help install lint test demo sample preprocess stage1 meta sr personalize upscale animate evaluate sweep train bench bench-personalize meta-evidence clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,13 +39,16 @@ $(STAMP): $(INSTALL_INPUTS)
 
 install: $(STAMP) ## create .venv with the pinned stack (idempotent)
 
-test: install ## run the test suite (what CI runs)
+lint: install ## ruff over the whole tree (pyproject.toml: 120 columns); part of make test
+	$(PY) -m ruff check .
+
+test: install lint ## lint, then run the test suite (what CI runs)
 	@# pytest exits 5 when it collects no tests: a broken suite, so a failure here too
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 sample: install ## build the embedded sample dataset into $(SAMPLE) (once)
-	$(PY) -m data_modules.sample --output $(SAMPLE)
+	$(PY) -m src.sample --output $(SAMPLE)
 
 demo: install ## install, build the sample data and run the pipeline on it (outputs/demo/)
 	$(PY) -m src.demo --sample $(SAMPLE) --output outputs/demo

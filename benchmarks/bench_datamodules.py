@@ -5,10 +5,9 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
-
 from benchmarks.common import RESULTS, save
-from data_modules.voxceleb2 import VoxCeleb2DataModule, render_guidance
+from data_modules.guidance import render_guidance
+from data_modules.voxceleb2 import VoxCeleb2DataModule
 from src.faces.render import LandmarkRenderer
 
 
@@ -31,7 +30,8 @@ def loader_rate(mode: str, batches: int = 40, batch_size: int = 8) -> float:
 
 def main() -> None:
     rates = {mode: round(loader_rate(mode), 1) for mode in ("pairs", "episodes", "windows")}
-    dm = VoxCeleb2DataModule(str(RESULTS / "shards_fixtures"), mode="pairs", resolution=256, batch_size=8, num_workers=0)
+    dm = VoxCeleb2DataModule(str(RESULTS / "shards_fixtures"), mode="pairs", resolution=256, batch_size=8,
+                             num_workers=0)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     renderer = LandmarkRenderer()

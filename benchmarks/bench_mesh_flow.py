@@ -22,7 +22,7 @@ def main() -> None:
     from litdata import StreamingDataset
 
     from data_modules.shards import decode_frames
-    from src.evaluate import piecewise_affine
+    from src.evaluation import piecewise_affine
     from src.faces.mesh_flow import MeshFlow
     from src.models.warping import warp
 

@@ -32,18 +32,21 @@ from benchmarks.common import save
 from data_modules.shards import HELDOUT_FRACTION, SOURCE_FRAMES
 
 
-def curve(init: str, lr_scale: dict | None, shards: str, identity: str, seed: int, a, device: torch.device) -> list[float]:
+def curve(init: str, lr_scale: dict | None, shards: str, identity: str, seed: int, a,
+          device: torch.device) -> list[float]:
     """Held-out loss at each of `eval_steps(a)` while fine-tuning `init` (at `lr_scale`'s learned per-tensor
     multipliers of the rate, when given) to one person."""
     import lightning as L
 
     from data_modules.personal import PersonalVideoDataModule
-    from src.modules.personalize_module import PersonalizeModule, load_generator
-    from src.personalize import heldout_loss
+    from src.checkpoints import load_generator
+    from src.modules.personalize_module import PersonalizeModule
+    from src.personalization import heldout_loss
 
     gen, cfg, id_dim = load_generator(init)
     dm = PersonalVideoDataModule(shards, resolution=cfg["model"]["resolution"], batch_size=a.batch_size,
-                                 heldout_fraction=HELDOUT_FRACTION, samples_per_epoch=a.steps * a.batch_size, id_dim=id_dim,
+                                 heldout_fraction=HELDOUT_FRACTION, samples_per_epoch=a.steps * a.batch_size,
+                                 id_dim=id_dim,
                                  seed=seed, identities=[identity], source_frame=a.source_frame)
     dm.setup()
     L.seed_everything(seed, verbose=False)  # the same batches for every initialisation
@@ -97,10 +100,12 @@ def summarise(steps: list[int], mean: dict[str, np.ndarray], budget: int) -> dic
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n",
+                                                                                                           2)[2])
     p.add_argument("--meta", required=True, help="meta checkpoint (python -m src.train meta)")
     p.add_argument("--stage1", required=True, help="the stage-1 (refine) checkpoint the meta run started from")
-    p.add_argument("--control", default=None, help="optional third start, e.g. stage 1 trained on for the meta run's time")
+    p.add_argument("--control", default=None,
+                   help="optional third start, e.g. stage 1 trained on for the meta run's time")
     p.add_argument("--shards", default="outputs/bench/shards_fixtures")
     p.add_argument("--split", default="test")
     p.add_argument("--steps", type=int, default=100)
@@ -109,7 +114,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--learned-lr", action=argparse.BooleanOptionalAction, default=True,
-                   help="fine-tune a checkpoint that carries learned rate multipliers (meta.learn_inner_lr) at them, as src.personalize does")
+                   help="fine-tune a checkpoint that carries learned rate multipliers (meta.learn_inner_lr) at them, "
+                        "as src.personalize does")
     p.add_argument("--source-frame", choices=SOURCE_FRAMES, default="typical",
                    help="the frame every held-out frame is driven from (as src.personalize; 'first' was the protocol "
                         "before 2026-11-25)")
@@ -118,7 +124,7 @@ def main(argv=None) -> None:
     p.add_argument("--name", default="personalize_curves")
     a = p.parse_args(argv)
 
-    from src.modules.personalize_module import learned_lr_scales
+    from src.checkpoints import learned_lr_scales
 
     manifest = json.loads((Path(a.shards) / "manifest.json").read_text())
     identities = manifest["splits"][a.split]["identities"]
@@ -143,15 +149,18 @@ def main(argv=None) -> None:
         "identities": len(identities), "seeds": a.seeds, "source_frame": a.source_frame,
         "optimiser": f"Adam lr {a.lr} (warp x0.1), batch {a.batch_size}",
         # which starts fine-tuned at learned per-tensor multipliers of that rate (median multiplier)
-        "learned_lr_scale_median": {name: round(float(np.median(list(s.values()))), 3) for name, s in scales.items() if s},
+        "learned_lr_scale_median": {name: round(float(np.median(list(s.values()))), 3) for name,
+                                    s in scales.items() if s},
         **summarise(steps, mean, a.steps),
         "curve_steps": steps,
         **{f"{name}_curve": [round(float(v), 4) for v in c] for name, c in mean.items()},
         # the mean can be dominated by one person whose loss is on another scale: each person's curves too,
         # and the step at which each person's own stage-1 step-budget loss is reached
-        "per_identity": {i: {name: [round(float(v), 4) for v in per_person[name][i]] for name in inits} for i in identities},
+        "per_identity": {i: {name: [round(float(v),
+                                          4) for v in per_person[name][i]] for name in inits} for i in identities},
         "per_identity_steps_to_stage1_budget_loss": {
-            i: {name: first_step_at_or_below(steps, per_person[name][i], float(per_person["stage1"][i][-1])) for name in inits}
+            i: {name: first_step_at_or_below(steps, per_person[name][i],
+                                             float(per_person["stage1"][i][-1])) for name in inits}
             for i in identities},
         "seconds": round(time.time() - t0, 1),
     })

@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import FIXTURES, save
 
 
@@ -41,27 +39,27 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     from omegaconf import OmegaConf
 
-    from src import personalize
+    from src.checkpoints import generator_checkpoint, save_checkpoint
     from src.config import compose
     from src.models.generator import build_generator
+    from src.personalization import PersonalizeOptions, personalize
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         frames = thirty_second_video(tmp / "person.mp4")
         cfg = OmegaConf.to_container(compose("refine", ["model=full", "loss.perceptual=l1_msssim"]), resolve=True)
         gen = build_generator(OmegaConf.create(cfg["model"]), 128)
-        torch.save({"state_dict": {f"generator.{k}": v for k, v in gen.state_dict().items()},
-                    "hyper_parameters": {"cfg": cfg, "id_dim": 128}}, tmp / "full.ckpt")
+        save_checkpoint(generator_checkpoint(gen, cfg, 128), tmp / "full.ckpt")
         t0 = time.time()
-        personalize.main(["--checkpoint", str(tmp / "full.ckpt"), "--video", str(tmp / "person.mp4"), "--output",
-                          str(tmp / "out.ckpt"), "--steps", str(a.steps), "--eval-every", str(a.steps),
-                          "--max-eval-frames", "8", "--device", a.device, "--identity-backend", "dlib"])
+        personalize(PersonalizeOptions(tmp / "full.ckpt", [tmp / "person.mp4"], tmp / "out.ckpt", steps=a.steps,
+                                       eval_every=a.steps, max_eval_frames=8, device=a.device, identity_backend="dlib"))
         wall = time.time() - t0
         report = json.loads((tmp / "out.report.json").read_text())
     sec = report["seconds"]
     per_step = sec["fine_tune"] / max(report["steps"], 1)
     save("personalize_speed", {
-        "command": "python -m benchmarks.bench_personalize_speed " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.bench_personalize_speed "
+                   + " ".join(argv if argv is not None else sys.argv[1:]),
         "video": f"{frames} frames (30 s), 256 px crops", "preset": "full (134 M generator), fp32, batch 4",
         "device": report["device"], "steps": report["steps"],
         "preprocess_s": sec["preprocess"], "fine_tune_s": sec["fine_tune"],

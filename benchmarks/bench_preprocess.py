@@ -2,13 +2,12 @@
 embedding (per-clip stage timings are measured inside single-threaded worker processes)."""
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
 
 from benchmarks.common import FIXTURES, RESULTS, save
-from src.preprocess import run
+from src.preprocessing import preprocess
 
 
 def main() -> None:
@@ -16,7 +15,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     workers = 2
     t0 = time.time()
-    manifest = run(["--input", str(FIXTURES / "voxceleb2_mini"), "--output", str(out), "--workers", str(workers), "--quiet"])
+    manifest = preprocess(FIXTURES / "voxceleb2_mini", out, workers=workers, quiet=True)
     wall = time.time() - t0
     clips = manifest["clips"]
     frames = sum(c["decoded_frames"] for c in clips)

@@ -24,16 +24,17 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     from src.config import compose
+    from src.inference import resolve_device
     from src.models.blocks import count_parameters
     from src.models.temporal_sr import build_sr
-    from src.personalize import resolve_device
 
     counts = {}
     for preset in ("tiny", "demo", "full"):
         m = compose("sr", [f"model={preset}"]).model
         with torch.device("meta"):
             net = build_sr(m)
-        counts[preset] = f"{count_parameters(net) / 1e6:.1f} M ({count_parameters(net.decoder) / 1e6:.1f} M decoder), {net.cfg.in_size} -> {net.cfg.out_size}"
+        counts[preset] = (f"{count_parameters(net) / 1e6:.1f} M ({count_parameters(net.decoder) / 1e6:.1f} M decoder), "
+                          f"{net.cfg.in_size} -> {net.cfg.out_size}")
     device = resolve_device(a.device)
     net = build_sr(compose("sr", ["model=full"]).model).to(device).eval()
     names = sorted((FIXTURES / "hdtf_sr_pairs" / "lq_256" / "clip0").glob("*.png"))[:6]

@@ -35,7 +35,8 @@ def fake_batch(b: int, r: int, id_dim: int) -> dict:
     lms = real_landmarks(b + 1)
     return {"source": rand(b, 3, r, r), "driving": rand(b, 3, r, r), "source_lmk_img": rand(b, 3, r, r),
             "driving_lmk_img": rand(b, 3, r, r), "embedding": torch.randn(b, id_dim, generator=g),
-            "driving_gaze": rand(b, 2, r, r), "driving_eye_mask": rand(b, 1, r, r), "driving_mouth_mask": rand(b, 1, r, r),
+            "driving_gaze": rand(b, 2, r, r), "driving_eye_mask": rand(b, 1, r, r), "driving_mouth_mask": rand(b, 1, r,
+                                                                                                               r),
             "source_landmarks": lms[:1].expand(b, -1, -1), "driving_landmarks": lms[1:]}
 
 
@@ -44,7 +45,8 @@ def main() -> None:
     for preset in ("tiny", "demo", "full"):
         cfg = compose("refine", [f"model={preset}", "loss.perceptual=l1_msssim"])
         m = RefinerModule(OmegaConf.to_container(cfg, resolve=True), 512)
-        counts[preset] = {"resolution": cfg.model.resolution, "warp_M": round(count_parameters(m.generator.warper) / 1e6, 2),
+        counts[preset] = {"resolution": cfg.model.resolution,
+                          "warp_M": round(count_parameters(m.generator.warper) / 1e6, 2),
                           "refiner_M": round(count_parameters(m.generator.refiner) / 1e6, 2),
                           "generator_M": round(count_parameters(m.generator) / 1e6, 2),
                           "discriminator_M": round(count_parameters(m.discriminator) / 1e6, 2)}

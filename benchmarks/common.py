@@ -23,7 +23,8 @@ def machine() -> str:
         pass
     mem = ""
     try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        rows = Path("/proc/meminfo").read_text().splitlines()
+        kb = int(next(row for row in rows if row.startswith("MemTotal")).split()[1])
         mem = f", {kb / 2**20:.0f} GiB"
     except (OSError, StopIteration):
         pass

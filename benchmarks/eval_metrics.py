@@ -9,7 +9,6 @@ The full reports (JSON + Markdown) stay in outputs/bench/evaluation/{same,cross}
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from benchmarks.common import RESULTS, save
 
 
 def main(argv=None) -> None:
-    from src import evaluate
+    from src.evaluation import evaluate, write_report
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
@@ -30,11 +29,8 @@ def main(argv=None) -> None:
     t0 = time.time()
     for mode in ("same-identity", "cross-identity"):
         out = RESULTS / "evaluation" / mode
-        rc = evaluate.main(["--checkpoint", a.checkpoint, "--data", a.data, "--split", a.split, "--mode", mode,
-                            "--output", str(out), "--max-frames", str(a.max_frames), "--quiet"])
-        if rc != 0:
-            raise SystemExit(f"src.evaluate failed for {mode}")
-        r = json.loads((out / "metrics.json").read_text())
+        r = evaluate(Path(a.checkpoint), Path(a.data), a.split, mode, a.max_frames, progress=False)
+        write_report(r, out)
         result[f"{mode} pairs"] = f"{r['pairs']} pairs from {r['clips']} clips at {r['resolution']} px"
         for method, row in r["metrics"].items():
             if row:  # real_driving has no row across identities (no real frames of the source person)

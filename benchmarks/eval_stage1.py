@@ -23,24 +23,24 @@ from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from benchmarks.common import save
+from data_modules.guidance import render_guidance, to_float
 from data_modules.shards import decode_frames, num_frames
-from data_modules.voxceleb2 import render_guidance, to_float
+from src.checkpoints import GENERATOR, load_weights, read_checkpoint
 from src.faces.render import LandmarkRenderer
 from src.models.generator import build_generator
 from src.modules.common import generator_inputs
-from src.stages.stage1 import load_weights
 
 
 def load_generator(checkpoint: Path):
-    hp = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]
+    hp = read_checkpoint(checkpoint)["hyper_parameters"]
     cfg = OmegaConf.create(hp["cfg"])
     gen = build_generator(cfg.model, hp["id_dim"])
-    load_weights(gen, checkpoint, "generator.", "")
+    load_weights(gen, checkpoint, GENERATOR, "")
     return gen.eval(), cfg
 
 
 @torch.no_grad()
-def evaluate(gen, cfg, shards: Path, split: str, every: int, batch: int = 8) -> dict:
+def reconstruction_scores(gen, cfg, shards: Path, split: str, every: int, batch: int = 8) -> dict:
     r = cfg.model.resolution
     renderer = LandmarkRenderer()
     ds = StreamingDataset(str(shards / split))
@@ -60,9 +60,12 @@ def evaluate(gen, cfg, shards: Path, split: str, every: int, batch: int = 8) -> 
             out = gen(**generator_inputs(b))
             for name, img in (("", out["output"]), ("_warped", out["warped"]), ("_copy_source", b["source"])):
                 for j in range(n):
-                    scores["psnr" + name].append(psnr(img[j : j + 1].clamp(0, 1), b["driving"][j : j + 1], data_range=1.0).item())
-                    scores["ssim" + name].append(ssim(img[j : j + 1].clamp(0, 1), b["driving"][j : j + 1], data_range=1.0).item())
-    return {k: round(float(np.mean(v)), 3) for k, v in scores.items()} | {"pairs": len(scores["psnr"]), "clips": len(ds)}
+                    scores["psnr" + name].append(psnr(img[j : j + 1].clamp(0, 1), b["driving"][j : j + 1],
+                                                      data_range=1.0).item())
+                    scores["ssim" + name].append(ssim(img[j : j + 1].clamp(0, 1), b["driving"][j : j + 1],
+                                                      data_range=1.0).item())
+    return {k: round(float(np.mean(v)), 3) for k, v in scores.items()} | {"pairs": len(scores["psnr"]),
+                                                                          "clips": len(ds)}
 
 
 def curve(run: Path) -> list[dict]:
@@ -73,7 +76,8 @@ def curve(run: Path) -> list[dict]:
             for row in csv.DictReader(path.open()):
                 if row.get("val/psnr"):
                     rows.append({"stage": stage, "epoch": int(row["epoch"]), "step": int(row["step"]),
-                                 "val_psnr": round(float(row["val/psnr"]), 2), "val_ssim": round(float(row["val/ssim"]), 4)})
+                                 "val_psnr": round(float(row["val/psnr"]), 2), "val_ssim": round(float(row["val/ssim"]),
+                                                                                                 4)})
     return rows
 
 
@@ -88,11 +92,12 @@ def main(argv=None) -> int:
     ckpt = Path(stages["refine"].get("checkpoint") or a.run / "refine" / "checkpoints" / "last.ckpt")
     gen, cfg = load_generator(ckpt)
     t0 = time.time()
-    result = evaluate(gen, cfg, a.shards, a.split, a.every)
+    result = reconstruction_scores(gen, cfg, a.shards, a.split, a.every)
     wall = {k: round(v["finished"] - v["started"], 1) for k, v in stages.items() if "finished" in v}
     save("stage1_evidence", {
         "command": f"python -m benchmarks.eval_stage1 --run {a.run} --shards {a.shards}",
-        "training": f"python -m src.train stage1 model=demo data.root={a.shards} stage1.warp_epochs=20 stage1.refine_epochs=20",
+        "training": f"python -m src.train stage1 model=demo data.root={a.shards} stage1.warp_epochs=20 "
+                    "stage1.refine_epochs=20",
         "resolution": cfg.model.resolution, "split": a.split, "training_wall_s": wall, **result,
         "eval_s": round(time.time() - t0, 1),
     })

@@ -29,7 +29,7 @@ def main() -> None:
         block = f"<!-- bench:{name} -->\n{table(name, json.loads(path.read_text()))}\n<!-- /bench:{name} -->"
         pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
         if pattern.search(text):
-            text = pattern.sub(lambda _: block, text)
+            text = pattern.sub(lambda _, block=block: block, text)
         else:
             text += f"\n## {name}\n\n{block}\n"
     DOC.write_text(text)

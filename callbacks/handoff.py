@@ -1,4 +1,4 @@
-"""The checkpoint hand-off between stages: the stage's entry in the run's `stages.json`.
+"""The checkpoint hand-off between stages: the stage's entry in the run's `stages.json` (src/lineage.py).
 
 The orchestrator chains stages through this record (meta starts from the latest finished refine entry,
 sr from the latest meta or refine one), so it is written by the trainer itself, from rank 0 only:
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import lightning as L
 
+from src.lineage import record_stage
+
 
 class CheckpointHandoff(L.Callback):
     def __init__(self, record_dir: str | Path, stage: str, checkpoint: str | Path):
         self.record_dir, self.stage, self.checkpoint = Path(record_dir), stage, str(checkpoint)
 
     def _record(self, trainer: L.Trainer, **fields) -> None:
-        from src.stages.common import record_stage
-
         if trainer.is_global_zero and not trainer.sanity_checking:
             record_stage(self.record_dir, self.stage, global_step=trainer.global_step, **fields)
 

@@ -18,6 +18,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from src.images import to_uint8
+
 
 def _columns(images: dict[str, torch.Tensor], rows: int) -> list[torch.Tensor]:
     return [images[k][:rows].detach().float().clamp(0, 1).cpu() for k in images]
@@ -27,13 +29,13 @@ def grid(images: dict[str, torch.Tensor], max_rows: int = 4) -> np.ndarray:
     """(H * rows, W * columns, 3) uint8 with one column per entry."""
     cols = _columns(images, max_rows)
     rows = [torch.cat([c[i] for c in cols], dim=2) for i in range(min(c.shape[0] for c in cols))]
-    return (torch.cat(rows, dim=1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return to_uint8(torch.cat(rows, dim=1))
 
 
 def video_frames(video: dict[str, torch.Tensor]) -> list[np.ndarray]:
     cols = _columns(video, 10**6)
     frames = torch.cat(cols, dim=3)  # (T, 3, H, W * columns)
-    out = (frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    out = to_uint8(frames)
     return [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in out]  # even sizes for H.264
 
 

@@ -34,7 +34,8 @@ class ThroughputMonitor(L.Callback):
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         if self._window_start is None:
             self._window_start = time.perf_counter()
         self._samples += batch_items(batch) * trainer.world_size

@@ -33,7 +33,8 @@ class ClipAugment:
             )
         return self._compose[n]
 
-    def __call__(self, frames: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, frames: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
+                                                                                                     np.ndarray]:
         """frames (N, H, W, 3) uint8 and landmarks (N, 478, 3) normalised -> the same, augmented alike."""
         n, h, w = frames.shape[:3]
         landmarks = landmarks.astype(np.float32).copy()

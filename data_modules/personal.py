@@ -18,12 +18,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.shards import (HELDOUT_FRACTION, SOURCE_FRAMES, check_id_dim, has_hq, heldout_tail, load_manifest,
-                                 num_frames, typical_frame)
-from data_modules.voxceleb2 import GuidanceDataModule, SampleSpec, collate, make_pair, make_window
 from data_modules.augment import ClipAugment
+from data_modules.guidance import GuidanceDataModule, collate
+from data_modules.samples import SampleSpec, make_pair, make_window
+from data_modules.shards import (
+    HELDOUT_FRACTION,
+    SOURCE_FRAMES,
+    check_id_dim,
+    has_hq,
+    heldout_tail,
+    load_manifest,
+    num_frames,
+    typical_frame,
+)
 from src.errors import UserError
-
 
 
 class _PersonalSamples(Dataset):
@@ -60,7 +68,8 @@ class PersonalVideoDataModule(GuidanceDataModule):
     def __init__(self, root: str, mode: str = "pairs", resolution: int = 256, batch_size: int = 4,
                  num_workers: int = 0, heldout_fraction: float = HELDOUT_FRACTION, min_train_frames: int = 8,
                  samples_per_epoch: int = 200, window: int = 6, augment: bool = True, id_dim: int | None = None,
-                 render: bool = True, seed: int = 0, identities: list[str] | None = None, source_frame: str = "typical"):
+                 render: bool = True, seed: int = 0, identities: list[str] | None = None,
+                 source_frame: str = "typical"):
         super().__init__()
         if mode not in ("pairs", "windows"):
             raise UserError(f"PersonalVideoDataModule supports modes pairs and windows, not '{mode}'")
@@ -92,7 +101,8 @@ class PersonalVideoDataModule(GuidanceDataModule):
         if self.spec.mode == "windows":
             items = [it for it in items if has_hq(it)]
         if not items:
-            raise UserError(f"no usable clips in {self.root}" + (" with 512 crops" if self.spec.mode == "windows" else ""))
+            with_512 = " with 512 crops" if self.spec.mode == "windows" else ""
+            raise UserError(f"no usable clips in {self.root}{with_512}")
         self.items = items
         self.train_ranges, self.val_ranges, self.sources = [], [], []
         for it in items:
@@ -100,7 +110,8 @@ class PersonalVideoDataModule(GuidanceDataModule):
             tail = heldout_tail(n, self.heldout_fraction)
             if n - tail < self.min_train_frames:
                 raise UserError(f"{it['key']}: {n} usable frames are too few to hold out {self.heldout_fraction:.0%} "
-                                f"and keep {self.min_train_frames} for training; use a longer video or a smaller held-out fraction")
+                                f"and keep {self.min_train_frames} for training; use a longer video or a smaller "
+                                "held-out fraction")
             self.train_ranges.append((0, n - tail))
             self.val_ranges.append((n - tail, n))
             # chosen among training frames only, so the held-out tail stays unseen

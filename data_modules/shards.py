@@ -39,7 +39,8 @@ def decode_frames(item: dict, indices, hq: bool = False, size: int | None = None
         buf = np.frombuffer(blob, np.uint8, count=int(offsets[i + 1] - offsets[i]), offset=int(offsets[i]))
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         if size is not None and img.shape[0] != size:
-            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC)
+            img = cv2.resize(img, (size, size),
+                             interpolation=cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC)
         if out is None:
             out = np.empty((len(indices), *img.shape), np.uint8)
         cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[k])

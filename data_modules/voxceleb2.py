@@ -19,71 +19,31 @@ Landmark images, gaze heat-maps and region masks are rendered on the device, aft
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from data_modules.augment import ClipAugment
-from data_modules.shards import (HELDOUT_FRACTION, check_id_dim, decode_frames, has_hq, heldout_tail, load_manifest,
-                                 num_frames, typical_frame)
+from data_modules.guidance import GuidanceDataModule, collate
+from data_modules.samples import SampleSpec, frames_to_tensor, make_pair, make_window
+from data_modules.shards import (
+    HELDOUT_FRACTION,
+    check_id_dim,
+    decode_frames,
+    has_hq,
+    heldout_tail,
+    load_manifest,
+    num_frames,
+    typical_frame,
+)
+from src.config import CHOICES
 from src.errors import UserError
-
-MODES = ("pairs", "episodes", "windows")
-
-
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) uint8. Images cross the worker boundary as bytes (4x less than
-    float) and become float in [0, 1] on the device, in `on_after_batch_transfer`."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
 
 
 def _seed(*parts) -> int:
     return int.from_bytes(hashlib.sha1(repr(parts).encode()).digest()[:8], "little")
-
-
-@dataclass
-class SampleSpec:
-    mode: str
-    resolution: int
-    samples_per_clip: int = 4
-    window: int = 6
-    support: int = 4
-    query: int = 4
-    cross_clip: bool = True
-    query_tail: float = 0.0      # episodes from one clip: > 0 holds out this last fraction of it for the query
-    augment: bool = False
-    seed: int = 0
-    sr_scale: int = 2            # windows: high-resolution frames at sr_scale x resolution
-
-
-def make_pair(item: dict, spec: SampleSpec, rng: np.random.Generator, aug: ClipAugment | None,
-              src_idx: int | None = None, drv_idx: int | None = None) -> dict:
-    n = num_frames(item)
-    s = int(rng.integers(n)) if src_idx is None else src_idx
-    d = int(rng.integers(n)) if drv_idx is None else drv_idx
-    frames = decode_frames(item, [s, d], size=spec.resolution)
-    lms = item["landmarks"][[s, d]].astype(np.float32)
-    if aug is not None:
-        frames, lms = aug(frames, lms, rng)
-    imgs = _to_tensor(frames)
-    return {"source": imgs[0], "driving": imgs[1], "source_landmarks": torch.from_numpy(lms[0]),
-            "driving_landmarks": torch.from_numpy(lms[1]), "embedding": torch.from_numpy(item["embedding"].copy()),
-            "identity": item["identity"], "key": item["key"], "frames": torch.tensor([s, d])}
-
-
-def make_window(item: dict, spec: SampleSpec, start: int) -> dict:
-    """T consecutive frames from `start`; a clip end shorter than T repeats its last frame."""
-    n = num_frames(item)
-    idx = [min(start + t, n - 1) for t in range(spec.window)]
-    lq = decode_frames(item, idx, size=spec.resolution)
-    hq = decode_frames(item, idx, hq=True, size=spec.sr_scale * spec.resolution)
-    return {"lq": _to_tensor(lq), "hq": _to_tensor(hq), "landmarks": torch.from_numpy(item["landmarks"][idx].astype(np.float32)),
-            "valid": torch.tensor([start + t < n for t in range(spec.window)]),
-            "identity": item["identity"], "key": item["key"], "start": start}
 
 
 class ClipStream(IterableDataset):
@@ -120,7 +80,8 @@ class ClipStream(IterableDataset):
                     continue
                 n = num_frames(item)
                 starts = (np.linspace(0, max(n - self.spec.window, 0), self.spec.samples_per_clip).round().astype(int)
-                          if self.deterministic else rng.integers(0, max(n - self.spec.window, 0) + 1, self.spec.samples_per_clip))
+                          if self.deterministic else rng.integers(0, max(n - self.spec.window, 0) + 1,
+                                                                  self.spec.samples_per_clip))
                 for s in starts:
                     yield make_window(item, self.spec, int(s))
 
@@ -164,14 +125,15 @@ class EpisodeDataset(Dataset):
         lms = np.concatenate([support_item["landmarks"][s_idx], query_item["landmarks"][q_idx]]).astype(np.float32)
         if self.aug is not None:
             frames, lms = self.aug(frames, lms, rng)
-        imgs, lms = _to_tensor(frames), torch.from_numpy(lms)
+        imgs, lms = frames_to_tensor(frames), torch.from_numpy(lms)
         return {
             "source": imgs[0], "source_landmarks": lms[0],
             "support": imgs[1 : k + 1], "support_landmarks": lms[1 : k + 1],
             "query": imgs[k + 1 :], "query_landmarks": lms[k + 1 :],
             "embedding": torch.from_numpy(support_item["embedding"].copy()),
             "identity": ident, "support_key": support_item["key"], "query_key": query_item["key"],
-            "support_index": torch.from_numpy(s_idx.astype(np.int64)), "query_index": torch.from_numpy(q_idx.astype(np.int64)),
+            "support_index": torch.from_numpy(s_idx.astype(np.int64)),
+            "query_index": torch.from_numpy(q_idx.astype(np.int64)),
         }
 
     def _tail_split(self, item: dict, n: int, k: int, q: int, rng: np.random.Generator,
@@ -194,32 +156,6 @@ class EpisodeDataset(Dataset):
         return np.concatenate([[src], support]), query
 
 
-class GuidanceDataModule(L.LightningDataModule):
-    """Renders landmark guidance on the device the batch was moved to (GPU in training, CPU in tests)."""
-
-    render: bool = True
-    edges: str = "contours"
-    _renderer = None
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        to_float(batch)
-        if self.render:
-            render_guidance(batch, self.renderer(batch), self.spec.resolution)
-        return batch
-
-    def to_device(self, batch: dict, device: torch.device) -> dict:
-        """A loader batch on `device`, ready for the model, as the Trainer hands it over (for loops outside one)."""
-        return self.on_after_batch_transfer(self.transfer_batch_to_device(batch, device, 0), 0)
-
-    def renderer(self, batch: dict):
-        from src.faces.render import LandmarkRenderer
-
-        device = next(v.device for v in batch.values() if torch.is_tensor(v))
-        if self._renderer is None:
-            self._renderer = LandmarkRenderer(self.edges)
-        return self._renderer.to(device)
-
-
 class VoxCeleb2DataModule(GuidanceDataModule):
     def __init__(self, root: str, mode: str = "pairs", resolution: int = 256, batch_size: int = 4,
                  num_workers: int = 2, train_split: str = "dev", val_split: str = "test", augment: bool = True,
@@ -227,8 +163,8 @@ class VoxCeleb2DataModule(GuidanceDataModule):
                  cross_clip: bool = True, query_tail: float = 0.0, id_dim: int | None = None, render: bool = True,
                  seed: int = 0, edges: str = "contours", sr_scale: int = 2):
         super().__init__()
-        if mode not in MODES:
-            raise UserError(f"data.mode must be one of {', '.join(MODES)}, got '{mode}'")
+        if mode not in CHOICES["data.mode"]:
+            raise UserError(f"data.mode must be one of {', '.join(CHOICES['data.mode'])}, got '{mode}'")
         self.root, self.mode = Path(root), mode
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_split, self.val_split = train_split, val_split
@@ -243,18 +179,18 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         self.train_set = self.val_set = None
 
     @classmethod
-    def from_config(cls, cfg) -> "VoxCeleb2DataModule":
+    def from_config(cls, cfg, root: str | None = None) -> VoxCeleb2DataModule:
+        """The DataModule of a composed config (root: another shard folder than data.root, e.g. SR's LQ renders)."""
         d = cfg.data
         extra = {}
         if "meta" in cfg:  # episode sizes are the meta stage's settings
             extra.update(support=cfg.meta.support_frames, query=cfg.meta.query_frames,
-                         cross_clip=cfg.meta.get("query_from_other_clip", True),
-                         query_tail=cfg.meta.get("query_tail", 0.0))
+                         cross_clip=cfg.meta.query_from_other_clip, query_tail=cfg.meta.query_tail)
         if "sr" in cfg:  # window length is the SR stage's setting, the HQ size the SR model's
-            extra.update(window=cfg.sr.window, sr_scale=cfg.model.sr.get("scale", 2))
-        return cls(root=d.root, mode=d.mode, resolution=d.resolution, batch_size=d.batch_size,
+            extra.update(window=cfg.sr.window, sr_scale=cfg.model.sr.scale)
+        return cls(root=root or d.root, mode=d.mode, resolution=d.resolution, batch_size=d.batch_size,
                    num_workers=d.num_workers, train_split=d.train_split, val_split=d.val_split,
-                   augment=d.augment, samples_per_clip=d.get("samples_per_clip", 4), id_dim=cfg.model.id_dim, seed=cfg.seed,
+                   augment=d.augment, samples_per_clip=d.samples_per_clip, id_dim=cfg.model.id_dim, seed=cfg.seed,
                    **extra)
 
     # ---------------------------------------------------------------------------------------------------
@@ -306,14 +242,6 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         return self._loader(self.val_set, train=False)
 
 
-def to_float(batch: dict) -> dict:
-    """uint8 image tensors -> float in [0, 1], in place, on whatever device they are."""
-    for k, v in batch.items():
-        if torch.is_tensor(v) and v.dtype == torch.uint8:
-            batch[k] = v.float().div_(255.0)
-    return batch
-
-
 class EpochLoader(DataLoader):
     """A DataLoader that tells an iterable dataset which epoch starts, from the main process: worker
     processes get a fresh copy of the dataset every epoch, so a counter kept inside them never advances."""
@@ -327,28 +255,3 @@ class EpochLoader(DataLoader):
         return super().__iter__()
 
 
-def render_guidance(batch: dict, renderer, size: int) -> dict:
-    """Add `<name>_lmk_img` for every `<name>_landmarks` (flattening frame axes), and gaze maps and eye/mouth
-    masks of the driving (pairs) or query (episodes) frames."""
-    from src.faces.render import gaze_heatmaps, region_masks
-
-    for key in [k for k in batch if k.endswith("_landmarks")]:
-        lm = batch[key]
-        flat = lm.reshape(-1, *lm.shape[-2:])
-        name = key[: -len("_landmarks")]
-        batch[f"{name}_lmk_img"] = renderer(flat, size).reshape(*lm.shape[:-2], 3, size, size)
-        if name in ("driving", "query", "support"):
-            gaze = gaze_heatmaps(flat, size)
-            eyes, mouth = region_masks(flat, size)
-            batch[f"{name}_gaze"] = gaze.reshape(*lm.shape[:-2], 2, size, size)
-            batch[f"{name}_eye_mask"] = eyes.reshape(*lm.shape[:-2], 1, size, size)
-            batch[f"{name}_mouth_mask"] = mouth.reshape(*lm.shape[:-2], 1, size, size)
-    return batch
-
-
-def collate(samples: list[dict]) -> dict:
-    out = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        out[key] = torch.stack(values) if torch.is_tensor(values[0]) else values
-    return out

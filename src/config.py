@@ -14,17 +14,32 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.errors import ConfigError
+from src.files import atomic_write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "lightning_configs"
 PRESET_GROUPS = ("model", "trainer", "data", "logger")
 _ABSENT = object()
+
+# Every choice-valued key, declared once: compose refuses any other value, with a "did you mean".
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.mode": ("pairs", "episodes", "windows"),
+    "loss.perceptual": ("vgg19", "l1_msssim"),
+    "loss.identity_arch": ("r18", "r34", "r50", "r100"),
+    "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
+    "meta.algorithm": ("reptile", "fomaml", "maml"),
+    "meta.inner_optimizer": ("adam", "sgd"),
+    "meta.outer_optimizer": ("adam", "sgd"),
+    "meta.outer_lr_decay": ("constant", "linear"),
+    "sr.lq": ("base", "bicubic"),
+}
 # YAML 1.1 (PyYAML) reads `1e-3` as a string; command lines use that notation all the time.
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -126,7 +141,8 @@ def parse_args(args: Iterable[str]) -> tuple[dict[str, str], list[tuple[str, Any
     overrides: list[tuple[str, Any]] = []
     for arg in args:
         if "=" not in arg or arg.startswith("="):
-            raise ConfigError(f"cannot read argument '{arg}': overrides look like key=value (e.g. trainer.max_epochs=3)")
+            raise ConfigError(f"cannot read argument '{arg}': overrides look like key=value "
+                              "(e.g. trainer.max_epochs=3)")
         key, raw = arg.split("=", 1)
         key = key.strip()
         if key in PRESET_GROUPS:
@@ -190,13 +206,70 @@ def compose(stage: str, args: Iterable[str] = ()) -> DictConfig:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"these keys need a value: {', '.join(missing)} (pass them as key=value)")
+    check_choices(cfg)
+    check_rules(cfg)
+    derive(cfg)
+    return cfg
+
+
+def check_choices(cfg: DictConfig) -> None:
+    for key, options in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT or value in options:
+            continue
+        close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(options)}, got '{value}'{hint}")
+
+
+def check_rules(cfg: DictConfig) -> None:
+    """Values that only work together, checked once the config is composed (not when objects are built)."""
     from src.models.generator import check_model_choices
 
     try:
         check_model_choices(cfg.model.warp.mesh_prior, cfg.model.refiner.blend_warped)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return cfg
+    sr = cfg.model.sr
+    if not (isinstance(sr.scale, int) and sr.scale >= 2 and sr.out_size % sr.scale == 0):
+        raise ConfigError(f"model.sr.scale must be an integer >= 2 that divides model.sr.out_size={sr.out_size}, "
+                          f"got {sr.scale}")
+    want = lq_resolution(cfg) if cfg.stage == "sr" else cfg.model.resolution
+    if cfg.data.resolution is not None and cfg.data.resolution != want:
+        what = ("the SR model's input size (model.sr.out_size / model.sr.scale)" if cfg.stage == "sr"
+                else "model.resolution")
+        raise ConfigError(f"data.resolution={cfg.data.resolution} differs from {what}, {want}: leave data.resolution "
+                          f"unset (null) and it follows")
+    if "meta" in cfg:
+        m = cfg.meta
+        if m.algorithm == "maml" and m.inner_optimizer != "sgd":
+            raise ConfigError("meta.algorithm=maml differentiates through the inner updates: it needs "
+                              "meta.inner_optimizer=sgd")
+        if m.algorithm == "maml" and cfg.loss.perceptual != "vgg19":
+            # torchmetrics' MS-SSIM clamps with relu before a fractional power: its second derivative is NaN
+            raise ConfigError("meta.algorithm=maml needs loss.perceptual=vgg19 (the L1 + MS-SSIM substitute is not "
+                              "twice differentiable); use reptile or fomaml with the substitute")
+        if m.multi_step_loss and m.algorithm == "reptile":
+            raise ConfigError("meta.multi_step_loss weighs query losses, which reptile does not use: use fomaml "
+                              "or maml")
+        if m.learn_inner_lr and not (m.inner_lr_lr > 0 and m.inner_lr_scale_max >= 1):
+            raise ConfigError("meta.learn_inner_lr needs meta.inner_lr_lr > 0 and meta.inner_lr_scale_max >= 1, got "
+                              f"{m.inner_lr_lr} and {m.inner_lr_scale_max}")
+        if not 0 <= m.query_tail < 1:
+            raise ConfigError(f"meta.query_tail must be in [0, 1), got {m.query_tail}")
+
+
+def lq_resolution(cfg: DictConfig) -> int:
+    """The SR model's input size: the frames the base generator renders."""
+    return cfg.model.sr.out_size // cfg.model.sr.scale
+
+
+def derive(cfg: DictConfig) -> None:
+    """Fill the keys whose value follows from others (null in default.yaml), so the saved config says what ran."""
+    if cfg.data.resolution is None:
+        cfg.data.resolution = lq_resolution(cfg) if cfg.stage == "sr" else cfg.model.resolution
+    if cfg.stage == "sr" and cfg.sr.lq_root is None:
+        cfg.sr.lq_root = str(run_dir_of(cfg) / "lq_shards") if cfg.sr.lq == "base" else cfg.data.root
 
 
 def default_run_name(model_preset: str, args: list[str]) -> str:
@@ -227,7 +300,5 @@ def save_config(cfg: DictConfig, run_dir: Path) -> Path:
         while (run_dir / f"config.{n}.yaml").exists():
             n += 1
         path.rename(run_dir / f"config.{n}.yaml")
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
     return path

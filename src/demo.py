@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from src.errors import UserError, cli_entry
-
+from src.errors import cli_entry
 
 # every stage validates at the end of its epochs; the pre-training check is time the demo lacks (SR's alone: 15 s)
 NO_SANITY = ["trainer.num_sanity_val_steps=0"]
@@ -21,13 +20,13 @@ NO_SANITY = ["trainer.num_sanity_val_steps=0"]
 
 def _record(out: Path, stage: str) -> dict:
     """The stages of the demo's run of `stage` (its stages.json)."""
-    from src.stages.common import read_record
+    from src.lineage import read_record
 
     return read_record(out / stage / "demo")["stages"]
 
 
 def step_sample(sample: Path, out: Path) -> dict:
-    from data_modules.sample import Settings, build
+    from src.sample_dataset import Settings, build
 
     meta = build(sample, Settings())
     return {"sample": str(sample), "identities": meta["num_identities"], "clips": meta["num_clips"],
@@ -35,10 +34,10 @@ def step_sample(sample: Path, out: Path) -> dict:
 
 
 def step_preprocess(sample: Path, out: Path) -> dict:
-    from src.preprocess import run
+    from src.preprocessing import preprocess
 
     shards = Path("data/sample_shards")  # the default data.root of every stage (lightning_configs/data/sample.yaml)
-    manifest = run(["--input", str(sample), "--output", str(shards), "--workers", "2"])
+    manifest = preprocess(sample, shards, workers=2)
     return {"shards": str(shards), "clips": {k: v["clips"] for k, v in manifest["splits"].items()},
             "clips_with_512": {k: v["clips_with_sr"] for k, v in manifest["splits"].items()},
             "rejected": manifest["num_rejects"], "identity_backend": manifest["embedding"]["backend"]}
@@ -46,33 +45,32 @@ def step_preprocess(sample: Path, out: Path) -> dict:
 
 def step_stage1(sample: Path, out: Path) -> dict:
     """Stage 1 (warp, then refine) at the demo preset: a few epochs, enough to run every part."""
-    from src import train
+    from src.training import train
 
-    args = ["stage1", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
+    args = [ "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
             "stage1.warp_epochs=2", "stage1.refine_epochs=2", "trainer.log_every_n_steps=5", *NO_SANITY]
-    if train.main(args) != 0:
-        raise UserError("stage 1 failed (see above); re-run `make demo` to resume it")
+    train("stage1", args)
     record = _record(out, "stage1")
     return {"run": str(out / "stage1" / "demo"), "checkpoints": {k: v["checkpoint"] for k, v in record.items()}}
 
 
 def step_meta(sample: Path, out: Path) -> dict:
     """Meta-learning (reptile) warm-started from the demo's stage-1 generator: a few outer steps."""
-    from src import train
+    from src.training import train
 
     record = _record(out, "stage1")
-    args = ["meta", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
-            f"meta.init={record['refine']['checkpoint']}", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", *NO_SANITY,
+    args = [ "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
+            f"meta.init={record['refine']['checkpoint']}", "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
+            *NO_SANITY,
             "optim.lr=1e-4"]
-    if train.main(args) != 0:
-        raise UserError("meta-learning failed (see above); re-run `make demo` to resume it")
+    train("meta", args)
     meta = _record(out, "meta")["meta"]
     return {"run": str(out / "meta" / "demo"), "checkpoint": meta["checkpoint"], "init": meta["init"]}
 
 
 def step_personalize(sample: Path, out: Path) -> dict:
     """Personalize the meta checkpoint to one held-out (test split) sample identity from its video."""
-    from src import personalize
+    from src.personalization import PersonalizeOptions, personalize
 
     video = sorted((sample / "test" / "mp4").glob("*/*/*.mp4"))[0]
     person = video.parent.parent.name
@@ -81,9 +79,8 @@ def step_personalize(sample: Path, out: Path) -> dict:
     if not report.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         meta = _record(out, "meta")["meta"]["checkpoint"]
-        if personalize.main(["--checkpoint", meta, "--video", str(video), "--output", str(target), "--steps", "30",
-                             "--eval-every", "10", "--max-eval-frames", "16", "--overwrite"]) != 0:
-            raise UserError("personalization failed (see above); re-run `make demo` to resume it")
+        personalize(PersonalizeOptions(meta, [video], target, steps=30, eval_every=10, max_eval_frames=16,
+                                       overwrite=True))
     r = json.loads(report.read_text())
     return {"identity": person, "video": str(video), "checkpoint": str(target), "steps": r["steps"],
             "heldout_psnr": [round(r["heldout"]["before"]["psnr"], 2), round(r["heldout"]["after"]["psnr"], 2)]}
@@ -92,14 +89,14 @@ def step_personalize(sample: Path, out: Path) -> dict:
 def step_sr(sample: Path, out: Path) -> dict:
     """Temporal SR (128 -> 512, x4, at the demo preset) on LQ frames rendered by the demo's meta checkpoint
     (the first 8 frames of every clip, two windows of each per epoch, one epoch: a CPU budget)."""
-    from src import train
+    from src.training import train
 
     meta = _record(out, "meta")["meta"]["checkpoint"]
-    args = ["sr", "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
-            f"sr.init_base={meta}", "sr.lq_max_frames=8", "data.samples_per_clip=2", "trainer.max_epochs=1", "sr.window=4",
+    args = [ "model=demo", "data.root=data/sample_shards", f"output_root={out}", "run_name=demo",
+            f"sr.init_base={meta}", "sr.lq_max_frames=8", "data.samples_per_clip=2", "trainer.max_epochs=1",
+            "sr.window=4",
             "trainer.log_every_n_steps=5", "optim.lr=5e-4", "data.batch_size=2", *NO_SANITY]
-    if train.main(args) != 0:
-        raise UserError("super-resolution failed (see above); re-run `make demo` to resume it")
+    train("sr", args)
     header, *rows = (out / "sr" / "demo" / "csv" / "metrics.csv").read_text().splitlines()
     val = [dict(zip(header.split(","), r.split(","))) for r in rows]
     val = [r for r in val if r.get("val/psnr")]
@@ -110,19 +107,18 @@ def step_sr(sample: Path, out: Path) -> dict:
 
 def step_animate(sample: Path, out: Path) -> dict:
     """The personalized person (held out from training) driven by another identity's clip, through SR."""
-    from src import animate
+    from src.inference import animate
     from src.video_io import probe
 
     person = json.loads((out / "summary.partial.json").read_text())["personalize"]
     videos = sorted((sample / "test" / "mp4" / person["identity"]).glob("*/*.mp4"))
     source = next((v for v in videos if str(v) != person["video"]), videos[0])  # a picture the model was not tuned on
-    driving = next(v for v in sorted((sample / "test" / "mp4").glob("*/*/*.mp4")) if v.parent.parent.name != person["identity"])
+    test_videos = sorted((sample / "test" / "mp4").glob("*/*/*.mp4"))
+    driving = next(v for v in test_videos if v.parent.parent.name != person["identity"])
     target = out / "animation.mp4"
     if not target.exists():
-        if animate.main(["--checkpoint", person["checkpoint"], "--source", str(source), "--driving", str(driving),
-                         "--output", str(target), "--sr-checkpoint", str(out / "sr" / "demo" / "checkpoints" / "last.ckpt"),
-                         "--motion", "relative"]) != 0:
-            raise UserError("animation failed (see above); re-run `make demo` to resume")
+        animate(Path(person["checkpoint"]), source, driving, target,
+                sr_checkpoint=out / "sr" / "demo" / "checkpoints" / "last.ckpt", motion="relative")
     info = probe(target)
     return {"output": str(target), "source": str(source), "driving": str(driving), "checkpoint": person["checkpoint"],
             "frames": info.frames, "size": f"{info.width}x{info.height}", "audio": info.has_audio}
@@ -130,14 +126,12 @@ def step_animate(sample: Path, out: Path) -> dict:
 
 def step_evaluate(sample: Path, out: Path) -> dict:
     """The meta checkpoint on the held-out test identities, same-identity, next to the two baselines."""
-    from src import evaluate
+    from src.evaluation import evaluate, write_report
 
     meta = _record(out, "meta")["meta"]["checkpoint"]
     folder = out / "evaluation"
     if not (folder / "metrics.json").exists():
-        if evaluate.main(["--checkpoint", meta, "--data", "data/sample_shards", "--split", "test",
-                          "--output", str(folder), "--max-frames", "8"]) != 0:
-            raise UserError("evaluation failed (see above); re-run `make demo` to resume")
+        write_report(evaluate(Path(meta), Path("data/sample_shards"), "test", max_frames=8), folder)
     (out / "evaluation.md").write_text((folder / "metrics.md").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())["metrics"]
     return {"table": str(out / "evaluation.md"), "psnr": {name: m.get("psnr") for name, m in metrics.items()}}

@@ -13,9 +13,10 @@ from pathlib import Path
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from src.config import CHOICES
 from src.errors import ConfigError
 
-WANDB_MODES = ("auto", "online", "offline", "disabled")
+WANDB_MODES = CHOICES["logger.wandb.mode"]
 
 
 def wandb_api_key_configured() -> bool:

@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from src.errors import UserError, cli_entry
+from src.files import atomic_write_json
 
 ARGS_TOKEN = "${args_no_hyphens}"
 
@@ -155,13 +156,12 @@ def run_local(spec: dict, name: str, a: argparse.Namespace) -> list[dict]:
             continue
         result = {"trial": tid, "params": params, "overrides": args, "run_dir": str(run_dir),
                   metric: metric_of(run_dir, metric)}
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(record)
+        atomic_write_json(record, result)
     results = [json.loads(p.read_text()) for p in (out / "trials").glob("*.json")]
     sign = -1 if spec["metric"].get("goal", "minimize") == "maximize" else 1
     results.sort(key=lambda r: (r[metric] is None, sign * (r[metric] or 0)))
-    (out / "results.json").write_text(json.dumps({"sweep": name, "metric": spec["metric"], "trials": results}, indent=1))
+    (out / "results.json").write_text(json.dumps({"sweep": name, "metric": spec["metric"], "trials": results},
+                                                 indent=1))
     for r in results:
         print(f"  {r[metric]!s:>12}  {' '.join(overrides(r['params']))}")
     print(f"sweep: results in {out / 'results.json'}")

@@ -23,7 +23,8 @@ def checkpoint_callback(cfg: DictConfig, run_dir: Path) -> ModelCheckpoint:
                            save_top_k=ck.keep_top_k, **when)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback] | None = None, **overrides: Any) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback] | None = None,
+                  **overrides: Any) -> L.Trainer:
     """A Trainer with the configured loggers, a checkpoint callback in run_dir/checkpoints and
     the given extra callbacks; keyword overrides win over cfg.trainer."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)

@@ -25,7 +25,7 @@ def fixtures_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def small_sample_settings():
-    from data_modules.sample import Settings
+    from src.sample_dataset import Settings
 
     # 6 identities x 1 clip of ~1 s at 256 px: the real generator, just less of it.
     return Settings(seed=7, size=256, videos_per_identity=1, clips_per_video=1, min_seconds=1.0,
@@ -34,7 +34,7 @@ def small_sample_settings():
 
 @pytest.fixture(scope="session")
 def small_sample(tmp_path_factory, small_sample_settings) -> Path:
-    from data_modules.sample import build
+    from src.sample_dataset import build
 
     root = tmp_path_factory.mktemp("sample")
     build(root, small_sample_settings, workers=2, quiet=True)
@@ -95,13 +95,11 @@ def tiny_generator_ckpt(tmp_path_factory) -> Path:
     import torch
     from omegaconf import OmegaConf
 
+    from src.checkpoints import generator_checkpoint, save_checkpoint
     from src.config import compose
     from src.models.generator import build_generator
 
     cfg = OmegaConf.to_container(compose("refine", ["model=tiny"]), resolve=True)
     torch.manual_seed(0)
     gen = build_generator(OmegaConf.create(cfg["model"]), 128)
-    path = tmp_path_factory.mktemp("base") / "refine.ckpt"
-    torch.save({"state_dict": {f"generator.{k}": v for k, v in gen.state_dict().items()},
-                "hyper_parameters": {"cfg": cfg, "id_dim": 128}}, path)
-    return path
+    return save_checkpoint(generator_checkpoint(gen, cfg, 128), tmp_path_factory.mktemp("base") / "refine.ckpt")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from src import animate
+from src import animate, inference
 from src.faces.motion import inter_ocular, transfer_motion
 from src.video_io import probe, read_audio, read_frames, write_video
 
@@ -55,18 +55,19 @@ def test_source_features_are_computed_once_and_match_per_frame_generation(tiny_g
     """Batch generation with cached source features equals running the generator frame by frame."""
     import torch
 
+    from src.checkpoints import load_generator
     from src.faces.identity import make_embedder
-    from src.modules.personalize_module import load_generator
 
     gen, cfg, _ = load_generator(tiny_generator_ckpt)
-    source = animate.prepare_source(portrait, 64, make_embedder("dlib"))
-    lms = animate.prepare_driving(driving_clip, 64).landmarks[:5]
+    source = inference.prepare_source(portrait, 64, make_embedder("dlib"))
+    lms = inference.prepare_driving(driving_clip, 64).landmarks[:5]
     calls = []
     original = gen.refiner.pyramid.forward
     monkeypatch.setattr(gen.refiner.pyramid, "forward", lambda x: calls.append(len(x)) or original(x))
-    batched = animate.generate(gen, source, lms, torch.device("cpu"), batch_size=4, progress=False)
+    batched = inference.generate(gen, source, lms, torch.device("cpu"), batch_size=4, progress=False)
     assert calls == [1]  # one pyramid pass for 5 frames in 2 batches
-    one_by_one = [animate.generate(gen, source, lms[i : i + 1], torch.device("cpu"), 1, progress=False)[0] for i in range(5)]
+    one_by_one = [inference.generate(gen, source, lms[i : i + 1], torch.device("cpu"), 1,
+                                     progress=False)[0] for i in range(5)]
     assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(batched, one_by_one)) <= 1
 
 
@@ -92,8 +93,8 @@ def test_relative_motion_keeps_the_source_face_shape_absolute_adopts_the_driver(
 def test_transfer_motion_on_real_landmarks(portrait, driving_clip):
     from src.faces.identity import make_embedder
 
-    src = animate.prepare_source(portrait, 64, make_embedder("dlib"))
-    drv = animate.prepare_driving(driving_clip, 64).landmarks
+    src = inference.prepare_source(portrait, 64, make_embedder("dlib"))
+    drv = inference.prepare_driving(driving_clip, 64).landmarks
     rel = transfer_motion(src.landmarks, drv, "relative")
     np.testing.assert_allclose(rel[0], src.landmarks, atol=1e-5)  # frame 0: exactly the source
     motion_drv = np.linalg.norm(drv[1:, :468, :2] - drv[:1, :468, :2], axis=-1).mean()
@@ -121,7 +122,8 @@ def test_bad_inputs_give_clear_messages_and_no_partial_output(tiny_generator_ckp
     for args, message in cases:
         code, _, err = run(capsys, *args, *base)
         assert code == 2 and message in err, (args, err)
-    code, _, err = run(capsys, "--checkpoint", tiny_generator_ckpt, "--source", portrait, "--driving", blank.with_suffix(".mp4"),
+    code, _, err = run(capsys, "--checkpoint", tiny_generator_ckpt, "--source", portrait, "--driving",
+                       blank.with_suffix(".mp4"),
                        "--output", out)
     assert code == 2 and "does not exist" in err
     assert not out.exists() and not list(tmp_path.glob("*.partial*"))

@@ -27,7 +27,8 @@ def test_summarise_reads_the_step_counts_off_the_mean_curves():
 
 def test_curves_run_on_real_shards(shards, tiny_generator_ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(bp, "save", lambda name, r: (tmp_path / f"{name}.json").write_text(json.dumps(r)))
-    bp.main(["--meta", str(tiny_generator_ckpt), "--stage1", str(tiny_generator_ckpt), "--control", str(tiny_generator_ckpt),
+    bp.main(["--meta", str(tiny_generator_ckpt), "--stage1", str(tiny_generator_ckpt), "--control",
+             str(tiny_generator_ckpt),
              "--shards", str(shards), "--steps", "4", "--fine-until", "2", "--eval-every", "2", "--seeds", "2"])
     r = json.loads((tmp_path / "personalize_curves.json").read_text())
     assert r["curve_steps"] == [0, 1, 2, 4] and r["seeds"] == 2

@@ -29,10 +29,10 @@ def test_precedence_default_stage_preset_cli():
     # the stage file beats the default
     assert C.compose("meta").optim.lr == pytest.approx(2e-5)
     # a preset beats the default and the stage's preset choice
-    assert C.compose("warp").data.resolution == 128  # warp selects model=demo
-    assert C.compose("warp", ["model=tiny"]).data.resolution == 64
+    assert C.compose("warp").model.resolution == 128  # warp selects model=demo
+    assert C.compose("warp", ["model=tiny"]).model.resolution == 64
     # the command line beats everything, in any order relative to the preset selection
-    assert C.compose("warp", ["data.resolution=96", "model=tiny"]).data.resolution == 96
+    assert C.compose("warp", ["model.resolution=96", "model=tiny"]).model.resolution == 96
     assert C.compose("meta", ["optim.lr=1e-3"]).optim.lr == pytest.approx(1e-3)
     # the stage's own section exists only for that stage
     assert "meta" in C.compose("meta") and "meta" not in C.compose("warp")
@@ -62,13 +62,48 @@ def test_type_mismatch_names_key_and_type():
 
 
 def test_values_are_coerced_losslessly():
-    cfg = C.compose("warp", ["optim.lr=1", "optim.betas=[0.9,0.99]", "run_name=123", "trainer.gradient_clip_val=0.5",
+    cfg = C.compose("warp", ["optim.lr=1", "optim.betas=[0.9,0.99]", "run_name=123", "warp.grad_clip_norm=0.5",
                              "trainer.max_steps=null"])
     assert isinstance(cfg.optim.lr, float) and cfg.optim.lr == 1.0
     assert list(cfg.optim.betas) == [0.9, 0.99]
     assert cfg.run_name == "123"
-    assert cfg.trainer.gradient_clip_val == 0.5  # null default accepts a value
+    assert cfg.warp.grad_clip_norm == 0.5  # null default accepts a value
     assert cfg.trainer.max_steps is None
+
+
+def test_a_mistyped_choice_fails_at_compose_time_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"'meta\.algorithm' must be one of reptile, fomaml, maml, got 'reptil'; "
+                                          r"did you mean reptile\?"):
+        C.compose("meta", ["meta.algorithm=reptil"])
+    with pytest.raises(ConfigError, match="did you mean bicubic"):
+        C.compose("sr", ["sr.lq=bicubik"])
+    with pytest.raises(ConfigError, match="did you mean l1_msssim"):
+        C.compose("warp", ["loss.perceptual=l1_mssim"])
+    with pytest.raises(ConfigError, match="logger.wandb.mode"):
+        C.compose("warp", ["logger.wandb.mode=sometimes"])
+    # values that only work together are checked there too, before anything is built
+    with pytest.raises(ConfigError, match="inner_optimizer=sgd"):
+        C.compose("meta", ["meta.algorithm=maml", "loss.perceptual=vgg19"])
+    with pytest.raises(ConfigError, match="query_tail"):
+        C.compose("meta", ["meta.query_tail=1.5"])
+    with pytest.raises(ConfigError, match="model.sr.scale"):
+        C.compose("sr", ["model.sr.scale=3"])
+
+
+def test_data_resolution_follows_model_resolution():
+    assert C.compose("warp", ["model=tiny"]).data.resolution == 64
+    assert C.compose("refine", ["model=demo", "model.resolution=96"]).data.resolution == 96
+    assert C.compose("sr", ["model=demo"]).data.resolution == 512 // 4  # SR's input: the base model's frames
+    assert C.compose("warp", ["model=tiny", "data.resolution=64"]).data.resolution == 64  # agreeing is fine
+    with pytest.raises(ConfigError, match="data.resolution=96 differs from model.resolution, 64"):
+        C.compose("warp", ["model=tiny", "data.resolution=96"])
+
+
+def test_every_stage_config_has_a_runner():
+    from src.stages import STAGE_RUNNERS, stage_runner
+
+    assert set(C.list_stages()) == set(STAGE_RUNNERS)
+    assert all(callable(stage_runner(s)) for s in STAGE_RUNNERS)
 
 
 def test_bad_preset_stage_and_argument():
@@ -165,7 +200,7 @@ def test_train_writes_resolved_config_and_logs(tmp_path, monkeypatch):
 
 
 def _probe_repeatedly(run_dir: str, n: int, start) -> None:
-    from src.train import prepare_run_dir
+    from src.training import prepare_run_dir
 
     start.wait()  # both processes at once, as the ranks of a launch are
     for _ in range(n):
@@ -189,7 +224,7 @@ def test_ranks_preparing_one_run_folder_at_once_do_not_trip_over_each_other(tmp_
 
 
 def test_only_the_launch_rank_zero_writes_the_config(monkeypatch):
-    from src.train import is_launch_rank_zero
+    from src.training import is_launch_rank_zero
 
     for k in ("RANK", "NODE_RANK", "LOCAL_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(k, raising=False)

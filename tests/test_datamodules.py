@@ -9,8 +9,9 @@ from litdata import StreamingDataset
 
 from data_modules.augment import ClipAugment, hflip
 from data_modules.personal import PersonalVideoDataModule, typical_frame
+from data_modules.samples import SampleSpec, make_window
 from data_modules.shards import decode_frames, load_manifest
-from data_modules.voxceleb2 import SampleSpec, VoxCeleb2DataModule, make_window
+from data_modules.voxceleb2 import VoxCeleb2DataModule
 from src.errors import UserError
 from src.faces.landmarks import FaceMesh
 from src.faces.render import LandmarkRenderer, gaze_heatmaps, region_masks
@@ -206,7 +207,8 @@ def test_personal_video_holds_out_the_tail(shards):
     # held-out frames are driven from the clip's typical training frame, never from the held-out tail
     assert (v["frames"][:, 0] == dm.sources[c]).all() and dm.sources[c] < lo and (v["frames"][:, 1] >= lo).all()
     assert dm.sources[c] == typical_frame(dm.items[c]["landmarks"], 0, lo)
-    first = PersonalVideoDataModule(str(shards), resolution=64, batch_size=4, heldout_fraction=0.25, source_frame="first")
+    first = PersonalVideoDataModule(str(shards), resolution=64, batch_size=4, heldout_fraction=0.25,
+                                    source_frame="first")
     assert (next(iter(first.val_dataloader()))["frames"][:, 0] == 0).all()
     with pytest.raises(UserError, match="too few"):
         PersonalVideoDataModule(str(shards), heldout_fraction=0.9).setup()

@@ -65,7 +65,8 @@ def test_a_requeued_job_resumes_from_the_newest_checkpoint(tmp_path):
 def test_the_torchrun_launch_script_trains_a_stage(shards, tmp_path):
     """scripts/torchrun_train.sh as documented, on one node with 2 CPU processes instead of 8 GPUs."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NNODES": "1", "NODE_RANK": "0", "GPUS": "2", "MASTER_PORT": "29533"}
-    r = subprocess.run(["bash", "scripts/torchrun_train.sh", "warp", "trainer.accelerator=cpu", "trainer.precision=32-true",
+    r = subprocess.run(["bash", "scripts/torchrun_train.sh", "warp", "trainer.accelerator=cpu",
+                        "trainer.precision=32-true",
                         "model=tiny", "logger=disabled", f"data.root={shards}", f"output_root={tmp_path}",
                         "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.max_epochs=1",
                         "trainer.enable_progress_bar=false", "data.num_workers=0", "run_name=tr"],

@@ -41,7 +41,7 @@ def test_configure_sets_env_and_config(no_wandb_key):
 def test_disabled_means_csv_only(tmp_path):
     cfg = compose("warp", ["model=tiny", "logger=disabled"])
     loggers = build_loggers(cfg, tmp_path)
-    assert [type(l).__name__ for l in loggers] == ["CSVLogger"]
+    assert [type(logger).__name__ for logger in loggers] == ["CSVLogger"]
 
 
 def test_offline_run_writes_wandb_and_csv(no_wandb_key, tmp_path):

@@ -8,8 +8,15 @@ from omegaconf import OmegaConf
 
 from src.errors import UserError
 from src.losses.gan import feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss
-from src.losses.perceptual import (VGG19_FILE, L1MSSSIMLoss, VGGPerceptualLoss, build_perceptual, find_vgg19_weights,
-                                   load_vgg19, vgg19_features)
+from src.losses.perceptual import (
+    VGG19_FILE,
+    L1MSSSIMLoss,
+    VGGPerceptualLoss,
+    build_perceptual,
+    find_vgg19_weights,
+    load_vgg19,
+    vgg19_features,
+)
 from src.losses.region import region_loss
 
 

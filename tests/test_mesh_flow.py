@@ -8,9 +8,10 @@ import torch
 from litdata import StreamingDataset
 
 from data_modules.shards import decode_frames
+from src.checkpoints import save_checkpoint
 from src.config import compose
 from src.errors import UserError
-from src.evaluate import Landmarker, piecewise_affine
+from src.evaluation import Landmarker, piecewise_affine
 from src.faces.mesh_flow import MeshFlow
 from src.metrics.face import akd
 from src.models.generator import build_generator
@@ -109,7 +110,7 @@ def test_degenerate_and_out_of_frame_landmarks_stay_finite_and_bounded(real_pair
 
 
 def _tiny_batch(item, r: int, idx: list[int], id_dim: int) -> dict:
-    from data_modules.voxceleb2 import render_guidance
+    from data_modules.guidance import render_guidance
     from src.faces.render import LandmarkRenderer
 
     frames = _to_tensor(decode_frames(item, [0] + idx, size=r)) / 255
@@ -180,7 +181,7 @@ def _reference_inputs():
 def test_a_checkpoint_from_before_the_prior_loads_and_gives_the_same_output(tmp_path):
     from omegaconf import OmegaConf
 
-    from src.modules.personalize_module import load_generator
+    from src.checkpoints import load_generator
 
     cfg = compose("refine", ["model=tiny", "model.warp.mesh_prior=false", "model.refiner.blend_warped=false"])
     torch.manual_seed(0)
@@ -188,7 +189,7 @@ def test_a_checkpoint_from_before_the_prior_loads_and_gives_the_same_output(tmp_
     old_cfg = OmegaConf.to_container(cfg, resolve=True)
     del old_cfg["model"]["warp"]["mesh_prior"]  # the key did not exist then
     path = tmp_path / "old.ckpt"
-    torch.save({"state_dict": {f"generator.{k}": v for k, v in gen.state_dict().items()},
+    save_checkpoint({"state_dict": {f"generator.{k}": v for k, v in gen.state_dict().items()},
                 "hyper_parameters": {"cfg": old_cfg, "id_dim": 128}}, path)
     loaded, loaded_cfg, _ = load_generator(path)
     assert not loaded.mesh_prior and loaded_cfg["model"]["warp"]["mesh_prior"] is False
@@ -205,15 +206,15 @@ def test_a_checkpoint_from_before_the_prior_loads_and_gives_the_same_output(tmp_
 def test_a_warm_start_must_match_the_checkpoints_prior(tmp_path):
     from omegaconf import OmegaConf
 
+    from src.checkpoints import load_weights
     from src.modules.refiner_module import RefinerModule
-    from src.stages.common import load_weights
 
     old = compose("refine", ["model=tiny", "model.warp.mesh_prior=false"])
     module = RefinerModule(OmegaConf.to_container(old, resolve=True), 128)
     path = tmp_path / "old.ckpt"
     cfg = OmegaConf.to_container(old, resolve=True)
     del cfg["model"]["warp"]["mesh_prior"]
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"cfg": cfg, "id_dim": 128}}, path)
+    save_checkpoint({"state_dict": module.state_dict(), "hyper_parameters": {"cfg": cfg, "id_dim": 128}}, path)
     new = RefinerModule(OmegaConf.to_container(compose("refine", ["model=tiny"]), resolve=True), 128)
     with pytest.raises(UserError, match="mesh_prior=false"):
         load_weights(new, path, "generator.", "generator.")

@@ -58,7 +58,8 @@ def test_reptile_outer_gradient_is_theta_minus_adapted(shards):
         # history compares different frames: under the mesh prior their losses differ more than a step changes)
         every = list(range(batch["support"].shape[1]))
         with torch.no_grad():
-            assert module.task_loss(fast, batch, t, "support", every)[0] < module.task_loss(theta, batch, t, "support", every)[0]
+            assert module.task_loss(fast, batch, t, "support", every)[0] < module.task_loss(theta, batch, t, "support",
+                                                                                            every)[0]
         for n in theta:
             expected[n] += (theta[n] - fast[n].detach()) / 2
     assert sum(float(g.abs().sum()) for g in grads.values()) > 0
@@ -162,7 +163,8 @@ def test_learned_inner_rate_gradient_is_the_derivative_of_the_adapted_query_loss
                           "model.refiner.blend_warped=false")
     module.double()
     batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
-    assert module.inner_log_lr.shape == (len(module.param_names),) and float(module.inner_log_lr.detach().abs().sum()) == 0
+    assert module.inner_log_lr.shape == (len(module.param_names),
+                                         ) and float(module.inner_log_lr.detach().abs().sum()) == 0
     objective, _ = module.outer_objective(batch)
     objective.backward()
     grad = module.inner_log_lr.grad.clone()
@@ -181,7 +183,8 @@ def test_learned_inner_rate_gradient_is_the_derivative_of_the_adapted_query_loss
 
 
 def test_learned_rates_are_stepped_bounded_saved_and_read_back(shards, tmp_path):
-    from src.modules.personalize_module import PersonalizeModule, learned_lr_scales
+    from src.checkpoints import learned_lr_scales, save_checkpoint
+    from src.modules.personalize_module import PersonalizeModule
 
     module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.001",
                           "meta.learn_inner_lr=true", "meta.inner_lr_lr=0.5", "meta.inner_lr_scale_max=1.2")
@@ -209,17 +212,18 @@ def test_learned_rates_are_stepped_bounded_saved_and_read_back(shards, tmp_path)
     ckpt = {"state_dict": {f"generator.{k}": v for k, v in module.generator.state_dict().items()},
             "hyper_parameters": dict(module.hparams)}
     module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, tmp_path / "meta.ckpt")
+    save_checkpoint(ckpt, tmp_path / "meta.ckpt")
     read = learned_lr_scales(tmp_path / "meta.ckpt")
     assert read == pytest.approx(scale)
     pm = PersonalizeModule(module.hparams["cfg"], module.hparams["id_dim"], 2e-4, module.generator, read)
     lr_of = {id(p): g["lr"] for g in pm.configure_optimizers().param_groups for p in g["params"]}
     for n, p in module.generator.named_parameters():
         assert lr_of[id(p)] == pytest.approx(module._lr(n, 2e-4) * scale[n]), n
-    torch.save({"state_dict": ckpt["state_dict"]}, tmp_path / "stage1.ckpt")
+    save_checkpoint({"state_dict": ckpt["state_dict"]}, tmp_path / "stage1.ckpt")
     assert learned_lr_scales(tmp_path / "stage1.ckpt") is None  # a checkpoint without rates: the plain rate
     with pytest.raises(UserError, match="do not name"):  # a meta run of another config
-        PersonalizeModule(module.hparams["cfg"], module.hparams["id_dim"], 2e-4, module.generator, {"x": 1.0}).param_lrs()
+        PersonalizeModule(module.hparams["cfg"], module.hparams["id_dim"], 2e-4, module.generator,
+                          {"x": 1.0}).param_lrs()
     with pytest.raises(UserError, match="inner_lr_scale_max"):
         _meta(shards, "meta.learn_inner_lr=true", "meta.inner_lr_scale_max=0.5")
 
@@ -230,7 +234,8 @@ def test_one_outer_step_is_one_global_step_with_learned_rates(shards):
     import lightning as L
 
     cfg = compose("meta", ["model=tiny", f"data.root={shards}", "logger=disabled", "meta.learn_inner_lr=true",
-                           "meta.inner_steps=1", "meta.outer_optimizer=sgd", "meta.outer_lr_decay=linear", "optim.lr=0.5"])
+                           "meta.inner_steps=1", "meta.outer_optimizer=sgd", "meta.outer_lr_decay=linear",
+                           "optim.lr=0.5"])
     dm = VoxCeleb2DataModule.from_config(cfg)
     module = MetaLearnerModule(OmegaConf.to_container(cfg, resolve=True), dm.id_dim)
     batches = []
@@ -278,7 +283,8 @@ def test_validation_adapts_and_logs_the_gain(shards, tmp_path):
     module.validation_step(batch, 0)
     module.on_validation_epoch_end()  # the running means are reduced and logged here
     assert logged["val/query_loss_after"] < logged["val/query_loss_before"]
-    assert logged["val/adapt_gain"] == pytest.approx(logged["val/query_loss_before"] - logged["val/query_loss_after"], rel=1e-4)  # float32 means
+    assert logged["val/adapt_gain"] == pytest.approx(logged["val/query_loss_before"] - logged["val/query_loss_after"],
+                                                     rel=1e-4)  # float32 means
 
 
 def test_meta_stage_starts_from_the_latest_stage1_run_and_records_lineage(shards, tmp_path):
@@ -295,9 +301,9 @@ def test_meta_stage_starts_from_the_latest_stage1_run_and_records_lineage(shards
     # done: a re-run does not train again
     assert train.main(["meta", *common, "trainer.max_epochs=1", "run_name=m"]) == 0
     with pytest.raises(UserError, match="no finished refine"):
-        from src.stages.common import latest_generator_checkpoint
+        from src.lineage import latest_checkpoint
 
-        latest_generator_checkpoint(tmp_path / "nothing", ("refine",))
+        latest_checkpoint(tmp_path / "nothing", ("refine",))
 
 
 @pytest.mark.slow
@@ -305,7 +311,8 @@ def test_meta_stage_starts_from_the_latest_stage1_run_and_records_lineage(shards
 def test_ddp_meta_keeps_ranks_identical(shards, tmp_path, algorithm, extra):
     # the hash covers the whole module state: with learned rates, those are the same on both ranks too
     r = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "ddp_stage1.py"), str(shards), str(tmp_path),
-                        "meta", f"meta.algorithm={algorithm}", *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+                        "meta", f"meta.algorithm={algorithm}", *extra], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert ranks[0]["world_size"] == 2 and ranks[0]["step"] > 0

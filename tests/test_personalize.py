@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from src import personalize
+from src.checkpoints import load_generator, save_checkpoint
 from src.errors import UserError
-from src.modules.personalize_module import load_generator
+from src.personalization import heldout_loss
 from src.video_io import probe
 from tests.conftest import REPO, _faceless_video
 
@@ -48,7 +49,8 @@ def test_personalize_writes_checkpoint_report_and_preview(personalized, tiny_gen
         assert h["frames"] == 4 and 5 < h["psnr"] < 60 and 0 < h["ssim"] <= 1 and -1 <= h["identity_similarity"] <= 1
     assert report["heldout_frames"] > 0 and report["train_frames"] > 2 * report["heldout_frames"]
     # one validation source per clip, a training frame (typical by default)
-    assert len(report["source_frames"]) == 1 and 0 <= next(iter(report["source_frames"].values())) < report["train_frames"]
+    (source_frame,) = report["source_frames"].values()
+    assert 0 <= source_frame < report["train_frames"]
     start = load_generator(tiny_generator_ckpt)[0]
     assert not all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), generator.state_dict().values()))
     preview = probe(folder / "me.preview.mp4")
@@ -69,7 +71,7 @@ def test_fine_tuning_lowers_the_heldout_loss(personalized, tiny_generator_ckpt):
     loss = {}
     for name, path in (("start", tiny_generator_ckpt), ("personal", personalized)):
         gen, cfg, id_dim = load_generator(path)
-        loss[name] = personalize.heldout_loss(PersonalizeModule(cfg, id_dim, 1e-3, gen), dm, torch.device("cpu"))
+        loss[name] = heldout_loss(PersonalizeModule(cfg, id_dim, 1e-3, gen), dm, torch.device("cpu"))
     assert loss["personal"] < loss["start"]
 
 
@@ -79,12 +81,15 @@ def test_learned_rates_of_a_meta_checkpoint_are_applied_and_carried_on(tiny_gene
     names = [k[len("generator."):] for k in state["state_dict"] if k.startswith("generator.")]
     trainable = {n for n, _ in load_generator(tiny_generator_ckpt)[0].named_parameters()}
     state["inner_lr_scale"] = {n: (1e-6 if n.startswith("warper.") else 1.0) for n in names if n in trainable}
-    torch.save(state, tmp_path / "meta.ckpt")
+    save_checkpoint(state, tmp_path / "meta.ckpt")
     out = tmp_path / "me.ckpt"
-    assert personalize.main(_args(tmp_path / "meta.ckpt", clip, out, "--steps", "4", "--eval-every", "4", "--lr", "1e-3")) == 0
+    assert personalize.main(_args(tmp_path / "meta.ckpt", clip, out, "--steps", "4", "--eval-every", "4", "--lr",
+                                  "1e-3")) == 0
     start, tuned = load_generator(tmp_path / "meta.ckpt")[0], load_generator(out)[0]
-    moved = {n: float((a - b).abs().max()) for (n, a), (_, b) in zip(start.named_parameters(), tuned.named_parameters())}
-    assert max(v for n, v in moved.items() if n.startswith("warper.")) < 1e-6  # 4 Adam steps of at most 1e-3 * 1e-6 * 0.1
+    moved = {n: float((a - b).abs().max()) for (n, a), (_, b) in zip(start.named_parameters(),
+                                                                     tuned.named_parameters())}
+    assert max(v for n,
+               v in moved.items() if n.startswith("warper.")) < 1e-6  # 4 Adam steps of at most 1e-3 * 1e-6 * 0.1
     assert max(v for n, v in moved.items() if n.startswith("refiner.")) > 1e-4
     report = json.loads((tmp_path / "me.report.json").read_text())
     assert report["learned_lr_scale"]["min"] == 0.0 and report["learned_lr_scale"]["max"] == 1.0  # 4 decimals
@@ -94,7 +99,8 @@ def test_learned_rates_of_a_meta_checkpoint_are_applied_and_carried_on(tiny_gene
 def test_existing_output_is_kept_without_overwrite(personalized, tiny_generator_ckpt, clip):
     before = personalized.stat().st_mtime_ns
     with pytest.raises(UserError, match="--overwrite"):
-        personalize.personalize(personalize.parse_args(_args(tiny_generator_ckpt, clip, personalized, "--steps", "2")))
+        personalize.personalize(personalize.parse_options(_args(tiny_generator_ckpt, clip, personalized, "--steps",
+                                                                "2")))
     assert personalized.stat().st_mtime_ns == before
 
 
@@ -103,32 +109,36 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tiny_generator_ckpt, cli
     _faceless_video(faceless)
     out = tmp_path / "x.ckpt"
     with pytest.raises(UserError, match="no usable face"):
-        personalize.personalize(personalize.parse_args(_args(tiny_generator_ckpt, faceless, out)))
+        personalize.personalize(personalize.parse_options(_args(tiny_generator_ckpt, faceless, out)))
     with pytest.raises(UserError, match="too few to hold out"):
-        personalize.personalize(personalize.parse_args(_args(tiny_generator_ckpt, clip, out, "--heldout-fraction", "0.95")))
+        personalize.personalize(personalize.parse_options(_args(tiny_generator_ckpt, clip, out, "--heldout-fraction",
+                                                                "0.95")))
     warp_only = tmp_path / "warp.ckpt"
-    torch.save({"state_dict": {"warper.a": torch.zeros(1)}, "hyper_parameters": {"cfg": {}, "id_dim": 128}}, warp_only)
+    save_checkpoint({"state_dict": {"warper.a": torch.zeros(1)}, "hyper_parameters": {"cfg": {}, "id_dim": 128}},
+                    warp_only)
     with pytest.raises(UserError, match="warp-stage checkpoint"):
-        personalize.personalize(personalize.parse_args(_args(warp_only, clip, out)))
+        personalize.personalize(personalize.parse_options(_args(warp_only, clip, out)))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable checkpoint"):
-        personalize.personalize(personalize.parse_args(_args(junk, clip, out)))
+        personalize.personalize(personalize.parse_options(_args(junk, clip, out)))
     assert not out.exists() and not (tmp_path / "x.report.json").exists() and not (tmp_path / "x.preview.mp4").exists()
     assert personalize.main(_args(tiny_generator_ckpt, tmp_path / "missing.mp4", out)) == 2
     # learned rates of another generator: refused before the video is even preprocessed
     state = torch.load(tiny_generator_ckpt, map_location="cpu", weights_only=True)
     state["inner_lr_scale"] = {"warper.not_a_tensor": 2.0}
-    torch.save(state, tmp_path / "other_rates.ckpt")
+    save_checkpoint(state, tmp_path / "other_rates.ckpt")
     with pytest.raises(UserError, match="do not name this generator"):
-        personalize.personalize(personalize.parse_args(_args(tmp_path / "other_rates.ckpt", clip, tmp_path / "y.ckpt")))
+        personalize.personalize(personalize.parse_options(_args(tmp_path / "other_rates.ckpt", clip,
+                                                                tmp_path / "y.ckpt")))
     assert not (tmp_path / "y.work").exists()
 
 
 @pytest.mark.slow
 def test_killed_personalization_resumes(tiny_generator_ckpt, clip, tmp_path):
     out = tmp_path / "k.ckpt"
-    cmd = [sys.executable, "-m", "src.personalize", *_args(tiny_generator_ckpt, clip, out, "--steps", "40", "--eval-every", "4")]
+    cmd = [sys.executable, "-m", "src.personalize", *_args(tiny_generator_ckpt, clip, out, "--steps", "40",
+                                                           "--eval-every", "4")]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "k.work" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240

@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
+from data_modules.shard_writer import load_clip
 from data_modules.shards import decode_frames, load_manifest
 from src.faces.landmarks import FaceMesh
 from src.faces.tracking import crop_frame
-from src.preprocess import load_clip, run
+from src.preprocess import run
 from src.video_io import read_frames
 from tests.conftest import PREPROCESS_ARGS, REPO
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_modules.sample import META_NAME, build
 from src.faces.landmarks import FaceMesh, to_pixels
+from src.sample_dataset import META_NAME, build
 from src.video_io import probe, read_audio, read_frames
 from tests.conftest import REPO
 
@@ -35,7 +35,8 @@ def test_layout_and_metadata(small_sample, small_sample_settings):
         for video in ident["videos"]:
             assert len(video["video"]) == 11  # YouTube-style id, as in VoxCeleb2
             for clip in video["clips"]:
-                path = small_sample / ident["split"] / "mp4" / ident["identity"] / video["video"] / f"{clip['clip']}.mp4"
+                folder = small_sample / ident["split"] / "mp4" / ident["identity"] / video["video"]
+                path = folder / f"{clip['clip']}.mp4"
                 assert path.is_file()
                 assert len(clip["motion"]["yaw"]) == clip["frames"]
 
@@ -111,11 +112,11 @@ def test_deterministic_resumable_and_built_once(small_sample, small_sample_setti
     assert not list(other.rglob(".*.partial.mp4"))  # the partial file was replaced by the finished clip
 
     # a finished dataset is not rebuilt; other settings into the same folder are refused
-    r = subprocess.run([sys.executable, "-m", "data_modules.sample", "--output", str(other), "--seed", "7",
+    r = subprocess.run([sys.executable, "-m", "src.sample", "--output", str(other), "--seed", "7",
                         "--size", "256", "--videos-per-identity", "1", "--clips-per-video", "1",
                         "--min-seconds", "1.0", "--max-seconds", "1.2", "--max-identities", "6",
                         "--test-identities", "1"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "already built" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "data_modules.sample", "--output", str(other), "--seed", "8"],
+    r = subprocess.run([sys.executable, "-m", "src.sample", "--output", str(other), "--seed", "8"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "other settings" in r.stderr and "Traceback" not in r.stderr

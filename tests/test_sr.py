@@ -112,7 +112,8 @@ def test_sr_stage_renders_lq_trains_and_upscales(shards, tiny_generator_ckpt, tm
     cv2.imwrite(str(big / "a.png"), np.zeros((80, 80, 3), np.uint8))
     assert upscale.main(["--checkpoint", str(ckpt), "--input", str(big), "--output", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
-    assert upscale.main(["--checkpoint", str(tiny_generator_ckpt), "--input", str(frames_dir), "--output", str(tmp_path / "y")]) == 2
+    assert upscale.main(["--checkpoint", str(tiny_generator_ckpt), "--input", str(frames_dir), "--output",
+                         str(tmp_path / "y")]) == 2
 
 
 def test_ema_averages_swaps_for_validation_and_round_trips():
@@ -156,3 +157,68 @@ def test_first_frames_cuts_every_per_frame_array(shards):
     np.testing.assert_array_equal(decode_frames(cut, range(5), hq=True), decode_frames(item, range(5), hq=True))
     np.testing.assert_array_equal(decode_frames(cut, range(5)), decode_frames(item, range(5)))
     assert first_frames(item, None) is item and first_frames(item, 10_000) is item
+
+
+@pytest.mark.slow
+def test_sr_training_clips_gradients_when_configured_and_saves_the_config_that_trained(shards, tmp_path, monkeypatch):
+    """sr.grad_clip_norm reaches the Trainer (SR is optimised automatically); config.yaml is the config in the
+    checkpoint, LQ shard folder and input size included."""
+    from src.checkpoints import read_checkpoint
+    from src.training import train
+
+    norms = []
+    original = TemporalSRModule.configure_optimizers
+
+    def recording(self):
+        out = original(self)
+        opt = out["optimizer"] if isinstance(out, dict) else out
+
+        def after_step(optimizer, *_):  # Lightning runs backward and clipping inside step(closure): grads as used
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+        opt.register_step_post_hook(after_step)
+        return out
+
+    monkeypatch.setattr(TemporalSRModule, "configure_optimizers", recording)
+    clip = 1e-4
+    run = train("sr", ["model=tiny", "logger=disabled", f"data.root={shards}", f"output_root={tmp_path}", "run_name=c",
+                       "sr.lq=bicubic", "sr.window=3", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+                       "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+                       f"sr.grad_clip_norm={clip}"])
+    assert len(norms) == 3 and max(norms) <= clip * 1.001  # unclipped, the first step's norm is far above it
+    saved = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+    trained = read_checkpoint(run / "checkpoints" / "last.ckpt")["hyper_parameters"]["cfg"]
+    assert saved == trained
+    assert saved["data"]["resolution"] == 64 and saved["sr"]["lq_root"] == str(shards)
+
+
+def test_lq_rendering_runs_on_the_trainer_device(shards, tiny_generator_ckpt, tmp_path, monkeypatch):
+    """The base model renders SR's LQ frames on the GPU when the trainer trains on GPUs (on this rank's)."""
+    from src.errors import UserError
+    from src.stages import sr as sr_stage
+    from src.stages import sr_data
+
+    cfg = compose("sr", ["model=tiny", f"data.root={shards}", "trainer=gpu", f"sr.init_base={tiny_generator_ckpt}",
+                         f"output_root={tmp_path}"])
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            sr_stage.render_device(cfg)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert sr_stage.render_device(cfg) == torch.device("cuda", 1)
+    assert sr_stage.render_device(compose("sr", ["model=tiny", f"data.root={shards}"])) == torch.device("cpu")
+    seen = {}
+
+    class Rendered(Exception):
+        pass
+
+    def fake_render(base, data_root, out, device, max_frames=None):
+        seen.update(base=base, out=out, device=device)
+        raise Rendered
+
+    monkeypatch.setattr(sr_data, "render_lq_shards", fake_render)
+    with pytest.raises(Rendered):
+        sr_stage.run_sr(cfg, tmp_path / "run")
+    assert seen["device"] == torch.device("cuda", 1) and str(seen["base"]) == str(tiny_generator_ckpt)
+    assert seen["out"] == cfg.sr.lq_root

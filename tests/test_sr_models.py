@@ -35,8 +35,11 @@ def test_x4_model_starts_as_bicubic_x4_and_scale_must_divide_the_output():
         out = model(window)
     bicubic = torch.nn.functional.interpolate(window[0], scale_factor=4, mode="bicubic", align_corners=False)
     assert out.shape == (1, 2, 3, 128, 128) and torch.equal(out[0], bicubic)
+    with pytest.raises(UserError, match="must be an integer >= 2 that divides model.sr.out_size=128"):
+        compose("sr", ["model=tiny", "model.sr.scale=3"])  # refused when the config is composed
+    cfg.sr.scale = 3  # and by the network itself, for a config that did not come through compose
     with pytest.raises(UserError, match="must be an integer >= 2 that divides out_size=128"):
-        build_sr(compose("sr", ["model=tiny", "model.sr.scale=3"]).model)
+        build_sr(cfg)
 
 
 def test_temporal_fusion_starts_as_the_per_frame_path_and_output_as_bicubic():
@@ -92,7 +95,8 @@ def test_a_loaded_prior_is_frozen_and_renders_the_whole_image(tmp_path):
     module = TemporalSRModule(cfg, total_steps=1)
     assert module.hparams.cfg["model"]["sr"]["residual"] is False  # stored, so upscale builds the same network
     assert not any(p.requires_grad for p in module.net.decoder.parameters())
-    assert torch.equal(module.net.decoder.to_rgbs[-1].modulated_conv.weight, published.to_rgbs[-1].modulated_conv.weight)
+    assert torch.equal(module.net.decoder.to_rgbs[-1].modulated_conv.weight,
+                       published.to_rgbs[-1].modulated_conv.weight)
     trainable = [p for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]]
     assert trainable and all(p.requires_grad for p in trainable)
 

@@ -11,12 +11,12 @@ from omegaconf import OmegaConf
 
 from data_modules.voxceleb2 import VoxCeleb2DataModule
 from src import train
+from src.checkpoints import load_weights, save_checkpoint
 from src.config import compose
 from src.errors import UserError
 from src.modules.common import generator_inputs
 from src.modules.refiner_module import RefinerModule
 from src.modules.warping_module import WarpingModule
-from src.stages.stage1 import load_weights
 from tests.conftest import REPO
 
 FAST = ["model=tiny", "logger=disabled", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
@@ -68,7 +68,7 @@ def test_stage1_orchestrator_records_and_skips(shards, tmp_path):
 def test_warm_start_copies_warp_weights_and_names_mismatches(shards, tmp_path):
     warp, _ = _module(WarpingModule, "warp", shards)
     ckpt = tmp_path / "warp.ckpt"
-    torch.save({"state_dict": warp.state_dict()}, ckpt)
+    save_checkpoint({"state_dict": warp.state_dict()}, ckpt)
     refine, _ = _module(RefinerModule, "refine", shards)
     n = load_weights(refine, ckpt, "warper.", "generator.warper.")
     assert n == len(warp.warper.state_dict())

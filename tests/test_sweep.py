@@ -39,7 +39,8 @@ def test_local_sweep_runs_trials_and_resumes(shards, tmp_path, capsys):
         "name": "unit", "method": "random", "metric": {"name": "val/psnr", "goal": "maximize"},
         "parameters": {"optim.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
                        "data.batch_size": {"values": [2]}},
-        "command": ["${env}", "${interpreter}", "-m", "src.train", "warp", "trainer.max_epochs=1", "${args_no_hyphens}"],
+        "command": ["${env}", "${interpreter}", "-m", "src.train", "warp", "trainer.max_epochs=1",
+                    "${args_no_hyphens}"],
     }
     path = tmp_path / "unit.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -21,7 +21,8 @@ def test_round_trip_with_audio(tmp_path):
     rng = np.random.default_rng(0)
     frames = [np.full((64, 96, 3), 40 + 8 * i, np.uint8) for i in range(20)]
     audio = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32)
-    out = write_video(tmp_path / "a.mp4", frames, fps=25, audio=audio + 0.001 * rng.standard_normal(16000).astype(np.float32))
+    out = write_video(tmp_path / "a.mp4", frames, fps=25,
+                      audio=audio + 0.001 * rng.standard_normal(16000).astype(np.float32))
     info = probe(out)
     assert (info.width, info.height, info.frames, info.has_audio) == (96, 64, 20, True)
     back = read_frames(out)

@@ -17,20 +17,23 @@ def five_points(landmarks: np.ndarray) -> np.ndarray:
     return np.asarray(landmarks)[FIVE_POINT_IDS, :2].astype(np.float64)
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """(2, 3) least-squares similarity (rotation, uniform scale, translation) taking src onto dst (Umeyama)."""
+def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(scale, rotation (D, D), translation (D,)) minimising |dst - (s R src + t)|^2 for (N, D) points."""
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    sign = np.eye(2)
+    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+    sign = np.eye(src.shape[1])
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[1, 1] = -1
+        sign[-1, -1] = -1
     rot = u @ sign @ vt
-    var = (s**2).sum() / len(src)
-    scale = (sig * np.diag(sign)).sum() / max(var, 1e-12)
-    t = mu_d - scale * rot @ mu_s
+    scale = float((sig * np.diag(sign)).sum() / max((s**2).sum() / len(src), 1e-12))
+    return scale, rot, mu_d - scale * rot @ mu_s
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(2, 3) least-squares similarity (rotation, uniform scale, translation) taking 2-D src onto dst."""
+    scale, rot, t = umeyama(src, dst)
     return np.hstack([scale * rot, t[:, None]])
 
 

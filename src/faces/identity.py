@@ -95,3 +95,22 @@ def clip_embedding(embedder, frames: list[np.ndarray], landmarks: list[np.ndarra
     vecs = [v / (np.linalg.norm(v) + 1e-8) for v in vecs]
     mean = np.mean(vecs, axis=0)
     return (mean / (np.linalg.norm(mean) + 1e-8)).astype(np.float32)
+
+
+# The backends by the name recorded with the data (shards' manifest, checkpoints' id_dim): one table.
+RECORDED = {ArcFaceEmbedder.name: ("insightface", ArcFaceEmbedder.dim), DlibEmbedder.name: ("dlib", DlibEmbedder.dim)}
+
+
+def embedding_dim(recorded_name: str) -> int:
+    """512 for insightface-arcface, 128 for dlib-resnet."""
+    return RECORDED[recorded_name][1]
+
+
+def backend_choice(recorded_name: str) -> str:
+    """The make_embedder choice that gives the backend recorded as `recorded_name`."""
+    return RECORDED[recorded_name][0]
+
+
+def backend_for_dim(dim: int) -> str:
+    """The make_embedder choice whose embeddings have `dim` dimensions."""
+    return next(choice for choice, d in RECORDED.values() if d == dim)

@@ -38,7 +38,7 @@ class FaceMesh:
     def close(self) -> None:
         self._mesh.close()
 
-    def __enter__(self) -> "FaceMesh":
+    def __enter__(self) -> FaceMesh:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -52,3 +52,9 @@ def to_pixels(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
     out[:, 1] *= height
     out[:, 2] *= width
     return out
+
+
+def centred_face(faces: list[np.ndarray]) -> bool:
+    """Whether the first mesh of `faces` is the face a crop was centred on (a mesh far from the centre is someone
+    else's); the check preprocessing and inference share."""
+    return bool(faces) and float(np.abs(faces[0][:468, :2].mean(0) - 0.5).max()) < 0.25

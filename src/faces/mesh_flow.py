@@ -86,7 +86,8 @@ class MeshFlow(nn.Module):
         if total == 0:
             return src_uv.new_zeros(b, 2, h, w), src_uv.new_zeros(b, 1, h, w)
         # split the (frame, triangle) list into chunks of about _CANDIDATE_BUDGET candidates
-        bounds = torch.searchsorted(ends, torch.arange(_CANDIDATE_BUDGET, max(total, _CANDIDATE_BUDGET), _CANDIDATE_BUDGET,
+        bounds = torch.searchsorted(ends, torch.arange(_CANDIDATE_BUDGET, max(total, _CANDIDATE_BUDGET),
+                                                       _CANDIDATE_BUDGET,
                                                     device=dev))
         edges = [0] + bounds.add(1).tolist() + [b * t]
         flat = lambda x: x.reshape(b * t, *x.shape[2:])

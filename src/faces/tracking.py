@@ -6,6 +6,8 @@ import numpy as np
 
 from src.faces.detect import Box, detect_faces
 
+# head crop side / face box side: what the models are trained on (preprocessing) and run on (inference)
+CROP_SCALE = 1.8
 
 def _iou(a, b) -> float:
     ix = max(0.0, min(a.right, b.right) - max(a.left, b.left))
@@ -22,7 +24,8 @@ def detect_sampled(frames: list[np.ndarray], every: int) -> dict[int, list]:
     scale = min(1.0, 640.0 / max(h, w))
     found = {}
     for i in idx:
-        small = cv2.resize(frames[i], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else frames[i]
+        small = cv2.resize(frames[i], None, fx=scale, fy=scale,
+                           interpolation=cv2.INTER_AREA) if scale < 1 else frames[i]
         found[i] = [Box(b.left / scale, b.top / scale, b.right / scale, b.bottom / scale, b.score)
                     for b in detect_faces(small, upsample=0)]
     if not any(found.values()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from src.faces.align import ARCFACE_112, five_points, similarity_transform
 from src.models.iresnet import IResNet
 

@@ -62,10 +62,12 @@ def load_vgg19(path: str | Path) -> nn.Sequential:
     state = torch.load(path, map_location="cpu", weights_only=True)
     net = vgg19_features()
     wanted = {k for k in net.state_dict()}
-    mapped = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.") and k[len("features."):] in wanted}
+    mapped = {k[len("features."):]: v for k,
+              v in state.items() if k.startswith("features.") and k[len("features."):] in wanted}
     missing = sorted(wanted - set(mapped))
     if missing:
-        raise UserError(f"{path} is not a torchvision VGG19 state dict: missing {', '.join('features.' + m for m in missing[:4])}")
+        names = ", ".join("features." + m for m in missing[:4])
+        raise UserError(f"{path} is not a torchvision VGG19 state dict: missing {names}")
     net.load_state_dict(mapped)
     return net.eval().requires_grad_(False)
 
@@ -95,8 +97,10 @@ class VGGPerceptualLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = pred.new_zeros(())
         for s in self.scales:
-            p = pred if s == 1 else F.interpolate(pred, scale_factor=s, mode="bilinear", align_corners=False, antialias=True)
-            t = target if s == 1 else F.interpolate(target, scale_factor=s, mode="bilinear", align_corners=False, antialias=True)
+            p = pred if s == 1 else F.interpolate(pred, scale_factor=s, mode="bilinear", align_corners=False,
+                                                  antialias=True)
+            t = target if s == 1 else F.interpolate(target, scale_factor=s, mode="bilinear", align_corners=False,
+                                                    antialias=True)
             for fp, ft in zip(self.features(p), self.features(t.detach())):
                 loss = loss + (fp - ft).abs().mean()
         return loss

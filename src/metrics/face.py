@@ -16,21 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from src.faces.align import umeyama
+
 MESH = slice(0, 468)
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """(scale, rotation (D, D), translation (D,)) minimising |dst - (s R src + t)|^2 for (N, D) points."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
-    sign = np.eye(src.shape[1])
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1, -1] = -1
-    rot = u @ sign @ vt
-    scale = float((sig * np.diag(sign)).sum() / max((s**2).sum() / len(src), 1e-12))
-    return scale, rot, mu_d - scale * rot @ mu_s
 
 
 def akd(output: np.ndarray, driving: np.ndarray, size: int) -> float:

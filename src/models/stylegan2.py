@@ -9,8 +9,8 @@ after every resolution block (the temporal fusion of TemporalSR).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,8 @@ class ToRGB(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         out = self.modulated_conv(x, style) + self.bias
         if skip is not None:
-            out = out + (F.interpolate(skip, scale_factor=2, mode="bilinear", align_corners=False) if self.upsample else skip)
+            out = out + (F.interpolate(skip, scale_factor=2, mode="bilinear",
+                                       align_corners=False) if self.upsample else skip)
         return out
 
 
@@ -124,7 +125,8 @@ class StyleGAN2Decoder(nn.Module):
         out = self.style_conv1(out, latent[:, 0], noise[0])
         skip = self.to_rgb1(out, latent[:, 1])
         i = 1
-        for level, (conv1, conv2, to_rgb) in enumerate(zip(self.style_convs[::2], self.style_convs[1::2], self.to_rgbs)):
+        for level, (conv1, conv2, to_rgb) in enumerate(zip(self.style_convs[::2], self.style_convs[1::2],
+                                                           self.to_rgbs)):
             out = conv1(out, latent[:, i], noise[i])
             out = conv2(out, latent[:, i + 1], noise[i + 1])
             if level < len(conditions):

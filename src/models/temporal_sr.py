@@ -88,7 +88,8 @@ class TemporalSR(nn.Module):
     def __init__(self, cfg: SRConfig):
         super().__init__()
         if cfg.scale < 2 or cfg.out_size % cfg.scale:
-            raise UserError(f"model.sr.scale must be an integer >= 2 that divides out_size={cfg.out_size}, got {cfg.scale}")
+            raise UserError(f"model.sr.scale must be an integer >= 2 that divides out_size={cfg.out_size}, "
+                            f"got {cfg.scale}")
         self.cfg = cfg
         ch = channel_table(cfg.out_size, cfg.channel_multiplier, cfg.narrow)
         self.decoder = StyleGAN2Decoder(cfg.out_size, cfg.style_dim, cfg.num_mlp, cfg.channel_multiplier, cfg.narrow)

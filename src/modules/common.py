@@ -71,7 +71,8 @@ class ReconstructionMetrics(torch.nn.Module):
     def __init__(self, scalars: tuple[str, ...] = ("loss",)):
         super().__init__()
         self.psnr, self.ssim = PeakSignalNoiseRatio(data_range=1.0), StructuralSimilarityIndexMeasure(data_range=1.0)
-        self.psnr_copy, self.ssim_copy = PeakSignalNoiseRatio(data_range=1.0), StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.psnr_copy = PeakSignalNoiseRatio(data_range=1.0)
+        self.ssim_copy = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.scalars = torch.nn.ModuleDict({k: MeanMetric() for k in scalars})
 
     def update(self, output: torch.Tensor, source: torch.Tensor, driving: torch.Tensor, **scalars) -> None:
@@ -87,7 +88,8 @@ class ReconstructionMetrics(torch.nn.Module):
             self.scalars[k].update(torch.as_tensor(v, dtype=torch.float32).detach(), weight=weight)
 
     def log_to(self, module: L.LightningModule, prefix: str = "val", prog_bar: tuple[str, ...] = ()) -> None:
-        values = {name.replace("_copy", "_copy_source"): getattr(self, name) for name in ("psnr", "ssim", "psnr_copy", "ssim_copy")}
+        values = {name.replace("_copy", "_copy_source"): getattr(self, name) for name in ("psnr", "ssim", "psnr_copy",
+                                                                                          "ssim_copy")}
         values.update(self.scalars)
         for name, metric in values.items():
             # compute() is the cross-rank reduction; the value is then the same on every rank

@@ -30,13 +30,16 @@ import torch
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from src.errors import UserError
 from src.losses.perceptual import build_perceptual
 from src.models.generator import build_discriminator, build_generator
-from src.modules.common import (NonFiniteGuard, ReconstructionMetrics, groups_by_rate, reconstruction_losses,
-                               step_uncounted, tensor_lr)
-
-ALGORITHMS = ("reptile", "fomaml", "maml")
+from src.modules.common import (
+    NonFiniteGuard,
+    ReconstructionMetrics,
+    groups_by_rate,
+    reconstruction_losses,
+    step_uncounted,
+    tensor_lr,
+)
 
 
 def task_frames(batch: dict, t: int, part: str, idx: list[int]) -> tuple[dict, dict]:
@@ -58,26 +61,7 @@ class MetaLearnerModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters({"cfg": cfg, "id_dim": id_dim})
         self.cfg = OmegaConf.create(cfg)
-        m = self.cfg.meta
-        if m.algorithm not in ALGORITHMS:
-            raise UserError(f"meta.algorithm must be one of {', '.join(ALGORITHMS)}, got '{m.algorithm}'")
-        if m.algorithm == "maml" and m.inner_optimizer != "sgd":
-            raise UserError("meta.algorithm=maml differentiates through the inner updates: it needs meta.inner_optimizer=sgd")
-        if m.algorithm == "maml" and self.cfg.loss.perceptual != "vgg19":
-            # torchmetrics' MS-SSIM clamps with relu before a fractional power: its second derivative is NaN
-            raise UserError("meta.algorithm=maml needs loss.perceptual=vgg19 (the L1 + MS-SSIM substitute is not "
-                            "twice differentiable); use reptile or fomaml with the substitute")
-        if m.inner_optimizer not in ("adam", "sgd"):
-            raise UserError(f"meta.inner_optimizer must be adam or sgd, got '{m.inner_optimizer}'")
-        if m.outer_optimizer not in ("adam", "sgd"):
-            raise UserError(f"meta.outer_optimizer must be adam or sgd, got '{m.outer_optimizer}'")
-        if m.multi_step_loss and m.algorithm == "reptile":
-            raise UserError("meta.multi_step_loss weighs query losses, which reptile does not use: use fomaml or maml")
-        if m.outer_lr_decay not in ("constant", "linear"):
-            raise UserError(f"meta.outer_lr_decay must be constant or linear, got '{m.outer_lr_decay}'")
-        if m.learn_inner_lr and not (m.inner_lr_lr > 0 and m.inner_lr_scale_max >= 1):
-            raise UserError("meta.learn_inner_lr needs meta.inner_lr_lr > 0 and meta.inner_lr_scale_max >= 1, got "
-                            f"{m.inner_lr_lr} and {m.inner_lr_scale_max}")
+        m = self.cfg.meta  # its choices and their combinations are checked when the config is composed
         self.automatic_optimization = False
         self.generator = build_generator(self.cfg.model, id_dim)
         self.param_names = [n for n, _ in self.generator.named_parameters()]
@@ -87,7 +71,8 @@ class MetaLearnerModule(L.LightningModule):
         self.discriminator = build_discriminator(self.cfg.model).requires_grad_(False) if m.gan_in_inner_loop else None
         self.perceptual = build_perceptual(self.cfg.loss)
         self.guard = NonFiniteGuard(self)
-        self.val_metrics = ReconstructionMetrics(scalars=("loss", "query_loss_before", "query_loss_after", "adapt_gain"))
+        self.val_metrics = ReconstructionMetrics(scalars=("loss", "query_loss_before", "query_loss_after",
+                                                          "adapt_gain"))
 
     # ---------------------------------------------------------------- losses on (fast) weights
     def task_loss(self, params: dict, batch: dict, t: int, part: str, idx: list[int], gan: bool = False):
@@ -100,7 +85,8 @@ class MetaLearnerModule(L.LightningModule):
             out = functional_call(self.generator, params, kwargs=inputs)
         finally:
             self.generator.train(mode)
-        losses = reconstruction_losses(self.cfg.refine, self.perceptual, out, tg["target"], tg["eye_mask"], tg["mouth_mask"])
+        losses = reconstruction_losses(self.cfg.refine, self.perceptual, out, tg["target"], tg["eye_mask"],
+                                       tg["mouth_mask"])
         if gan:
             from src.losses.gan import feature_matching_loss, lsgan_generator_loss
 
@@ -108,7 +94,8 @@ class MetaLearnerModule(L.LightningModule):
             with torch.no_grad():
                 _, real_feats = self.discriminator(tg["target"], tg["lmk_img"])
             losses["gan"] = self.cfg.refine.gan_weight * lsgan_generator_loss(fake)
-            losses["feature_matching"] = self.cfg.refine.feature_matching_weight * feature_matching_loss(real_feats, fake_feats)
+            losses["feature_matching"] = self.cfg.refine.feature_matching_weight * feature_matching_loss(real_feats,
+                                                                                                         fake_feats)
         return sum(losses.values()), out
 
     def _lr(self, name: str, base: float) -> float:
@@ -128,7 +115,8 @@ class MetaLearnerModule(L.LightningModule):
             return {n: base[n] * scale[i] for i, n in enumerate(self.param_names)}
         return {n: base[n] * s for n, s in self.inner_lr_scale().items()}
 
-    def adapt(self, batch: dict, t: int, steps: int, second_order: bool = False, visit=None) -> tuple[dict, list[float]]:
+    def adapt(self, batch: dict, t: int, steps: int, second_order: bool = False, visit=None) -> tuple[dict,
+                                                                                                      list[float]]:
         """Fast weights adapted to task t on its support frames, and the support loss of each inner step.
         First order: the fast weights are a detached copy; second order: they stay functions of theta.
         `visit(fast)` is called on the weights before every inner step and after the last (steps + 1 times)."""
@@ -184,8 +172,9 @@ class MetaLearnerModule(L.LightningModule):
 
             def on_query(fast: dict) -> None:
                 nonlocal objective
-                loss_q, _ = self.query_loss(fast, batch, t)
-                task_query.append(float(loss_q.detach()))
+                # called inside this iteration (adapt's callback): t and task_query are this task's
+                loss_q, _ = self.query_loss(fast, batch, t)  # noqa: B023
+                task_query.append(float(loss_q.detach()))  # noqa: B023
                 if m.algorithm == "maml":  # the query loss differentiates through the inner updates back to theta
                     objective = objective + loss_q / (n_tasks * points)
                     return
@@ -245,7 +234,8 @@ class MetaLearnerModule(L.LightningModule):
             sched.step()
         n = batch["source"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, sync_dist=True, batch_size=n)
-        self.log("train/loss", stats.get("query_loss", stats["support_loss_last"]), prog_bar=True, sync_dist=True, batch_size=n)
+        self.log("train/loss", stats.get("query_loss", stats["support_loss_last"]), prog_bar=True, sync_dist=True,
+                 batch_size=n)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # plain floats by tensor name: what src.personalize reads (weights_only) to fine-tune at the learned rates
@@ -268,7 +258,8 @@ class MetaLearnerModule(L.LightningModule):
                 q = batch["query"].shape[1]
                 self.val_metrics.update(out["output"], batch["source"][t].expand(q, -1, -1, -1), batch["query"][t])
                 if batch_idx == 0 and t == 0:
-                    self.last_val_images = {"source": batch["source"][t].expand(q, -1, -1, -1), "driving": batch["query"][t],
+                    self.last_val_images = {"source": batch["source"][t].expand(q, -1, -1, -1),
+                                            "driving": batch["query"][t],
                                             "driving_lmk_img": batch["query_lmk_img"][t],
                                             "warped": out["warped"].detach(), "output": out["output"].detach()}
         b, a = sum(before) / n_tasks, sum(after) / n_tasks

@@ -19,10 +19,16 @@ from omegaconf import OmegaConf
 from torch.func import functional_call
 
 from src.losses.gan import feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss
+from src.losses.identity import build_identity_loss
 from src.losses.perceptual import build_perceptual
 from src.models.generator import build_discriminator, build_generator
-from src.losses.identity import build_identity_loss
-from src.modules.common import NonFiniteGuard, ReconstructionMetrics, generator_inputs, reconstruction_losses, step_uncounted
+from src.modules.common import (
+    NonFiniteGuard,
+    ReconstructionMetrics,
+    generator_inputs,
+    reconstruction_losses,
+    step_uncounted,
+)
 
 
 class RefinerModule(L.LightningModule):
@@ -40,12 +46,14 @@ class RefinerModule(L.LightningModule):
 
     def generator_losses(self, batch: dict, out: dict, adversarial: bool) -> dict:
         w, drv = self.cfg.refine, batch["driving"]
-        losses = reconstruction_losses(w, self.perceptual, out, drv, batch["driving_eye_mask"], batch["driving_mouth_mask"])
+        losses = reconstruction_losses(w, self.perceptual, out, drv, batch["driving_eye_mask"],
+                                       batch["driving_mouth_mask"])
         if self.identity is not None:
             losses["identity"] = w.identity_weight * self.identity(out["output"], drv, batch["driving_landmarks"])
         if adversarial:
             frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
-            fake_scores, fake_feats = functional_call(self.discriminator, frozen, (out["output"], batch["driving_lmk_img"]))
+            fake_scores, fake_feats = functional_call(self.discriminator, frozen, (out["output"],
+                                                                                   batch["driving_lmk_img"]))
             with torch.no_grad():
                 _, real_feats = self.discriminator(drv, batch["driving_lmk_img"])
             losses["gan"] = w.gan_weight * lsgan_generator_loss(fake_scores)

@@ -5,7 +5,8 @@ Losses (weights in stages/sr.yaml, after the reference): L1 (0.1), perceptual (1
 valid frame of the window (frames repeated to pad a clip's end are masked out). Adam (0.9, 0.99) with a
 cosine schedule over the run's steps; EMA of the weights through callbacks/ema.py. With `sr.prior` the
 StyleGAN2 decoder loads published weights and stays frozen, as in the original; without it, it trains.
-`sr.lq=bicubic` makes the input a bicubic downscale (1 / model.sr.scale) of the real high-resolution frames instead of the base
+`sr.lq=bicubic` makes the input a bicubic downscale (1 / model.sr.scale) of the real high-resolution frames instead
+of the base
 model's renders. Validation: PSNR/SSIM of the output and of bicubic upsampling of the input, and the
 temporal warping error (DIS optical flow) of the output, of bicubic and of the ground truth.
 """
@@ -14,23 +15,19 @@ from __future__ import annotations
 import logging
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from src.images import to_uint8
 from src.losses.perceptual import VGGPerceptualLoss, build_perceptual
 from src.losses.style import style_loss
 from src.models.stylegan2 import load_prior
 from src.models.temporal_sr import build_sr
 
 log = logging.getLogger(__name__)
-
-
-def _uint8(frames: torch.Tensor) -> np.ndarray:
-    return (frames.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 class TemporalSRModule(L.LightningModule):
@@ -73,7 +70,8 @@ class TemporalSRModule(L.LightningModule):
         valid = batch["valid"].flatten()
         pred, target = out.flatten(0, 1)[valid], batch["hq"].flatten(0, 1)[valid]
         s = self.cfg.sr
-        losses = {"l1": s.l1_weight * (pred - target).abs().mean(), "perceptual": s.perceptual_weight * self.perceptual(pred, target)}
+        losses = {"l1": s.l1_weight * (pred - target).abs().mean(),
+                  "perceptual": s.perceptual_weight * self.perceptual(pred, target)}
         if self.has_style and s.style_weight:
             losses["style"] = s.style_weight * style_loss(self.perceptual.features, pred, target)
         return sum(losses.values()), losses, out, lq
@@ -91,7 +89,8 @@ class TemporalSRModule(L.LightningModule):
         # join that reduction; torchmetrics states are reduced in on_validation_epoch_end on every rank
         self.val_loss.update(loss.detach(), weight=batch["hq"].shape[0])
         valid = batch["valid"].flatten()
-        bicubic = F.interpolate(lq.flatten(0, 1), scale_factor=self.net.cfg.scale, mode="bicubic", align_corners=False).clamp(0, 1)
+        bicubic = F.interpolate(lq.flatten(0, 1), scale_factor=self.net.cfg.scale, mode="bicubic",
+                                align_corners=False).clamp(0, 1)
         target = batch["hq"].flatten(0, 1)
         for name, pred in (("sr", out.flatten(0, 1).clamp(0, 1)), ("bicubic", bicubic)):
             self.psnr[name].update(pred[valid], target[valid])
@@ -103,13 +102,16 @@ class TemporalSRModule(L.LightningModule):
             keep = batch["valid"][b]
             if int(keep.sum()) < 2:
                 continue
-            for name, frames in (("sr", out[b]), ("bicubic", bicubic.view(-1, t, *bicubic.shape[1:])[b]), ("gt", batch["hq"][b])):
-                self.warp_errors[name].update(warping_error(_uint8(frames[keep])))
+            for name, frames in (("sr", out[b]), ("bicubic", bicubic.view(-1, t, *bicubic.shape[1:])[b]),
+                                 ("gt", batch["hq"][b])):
+                self.warp_errors[name].update(warping_error(to_uint8(frames[keep])))
         if batch_idx == 0:
             k = min(4, t)
-            self.last_val_images = {"input_bicubic": bicubic[:k], "output": out.flatten(0, 1)[:k].detach(), "target": target[:k]}
+            self.last_val_images = {"input_bicubic": bicubic[:k], "output": out.flatten(0, 1)[:k].detach(),
+                                    "target": target[:k]}
             keep = batch["valid"][0]  # the first window as a clip (callbacks/media.py writes the mp4)
-            self.last_val_video = {"input_bicubic": bicubic[:t][keep], "output": out[0][keep].detach(), "target": batch["hq"][0][keep]}
+            self.last_val_video = {"input_bicubic": bicubic[:t][keep], "output": out[0][keep].detach(),
+                                   "target": batch["hq"][0][keep]}
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/loss", self.val_loss.compute(), sync_dist=True)

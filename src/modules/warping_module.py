@@ -43,8 +43,8 @@ class WarpingModule(L.LightningModule):
             return
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self.cfg.trainer.gradient_clip_val:
-            self.clip_gradients(opt, gradient_clip_val=self.cfg.trainer.gradient_clip_val, gradient_clip_algorithm="norm")
+        if self.cfg.warp.grad_clip_norm:
+            self.clip_gradients(opt, gradient_clip_val=self.cfg.warp.grad_clip_norm, gradient_clip_algorithm="norm")
         opt.step()
         self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["source"]))
 

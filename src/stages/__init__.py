@@ -6,9 +6,7 @@ strings so that `--help` and config errors do not import the training stack.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
-
-from src.errors import UserError
+from collections.abc import Callable
 
 STAGE_RUNNERS: dict[str, str] = {
     "warp": "src.stages.stage1:run_warp",
@@ -20,10 +18,5 @@ STAGE_RUNNERS: dict[str, str] = {
 
 
 def stage_runner(stage: str) -> Callable:
-    if stage not in STAGE_RUNNERS:
-        raise UserError(
-            f"stage '{stage}' has a config but no trainer in this version yet "
-            f"(implemented: {', '.join(sorted(STAGE_RUNNERS)) or 'none'}); `--print-config` shows its config"
-        )
-    module, func = STAGE_RUNNERS[stage].split(":")
+    module, func = STAGE_RUNNERS[stage].split(":")  # every stage config has a runner (tests/test_config.py)
     return getattr(importlib.import_module(module), func)

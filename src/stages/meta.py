@@ -10,42 +10,31 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from data_modules.voxceleb2 import VoxCeleb2DataModule
-from src.stages.common import (fit, latest_generator_checkpoint, load_weights, read_record, record_of_checkpoint,
-                               record_stage, resume_checkpoint, stage_cfg, write_json)
-
-
-def resolve_init(cfg: DictConfig) -> tuple[Path, dict]:
-    """The checkpoint to start from and the record of the run that produced it (empty if it has none)."""
-    if cfg.meta.init:
-        path = Path(cfg.meta.init)
-        record = record_of_checkpoint(path)
-        return path, record
-    ckpt, record_path = latest_generator_checkpoint(cfg.output_root, ("refine",))
-    return ckpt, read_record(record_path.parent)
+from src.checkpoints import DISCRIMINATOR, GENERATOR, INNER_LOG_LR, load_weights
+from src.lineage import finished_checkpoint, inherit, read_record, record_stage, resolve_start
+from src.stages.common import fit, resume_checkpoint, stage_cfg
 
 
 def run_meta(cfg: DictConfig, run_dir: Path) -> Path:
     from src.modules.meta_module import MetaLearnerModule
 
     run_dir = Path(run_dir)
-    entry = read_record(run_dir)["stages"].get("meta", {})
-    if entry.get("status") == "done":
-        print(f"meta: done earlier ({entry['checkpoint']}); delete {run_dir} or change a setting to train again")
-        return Path(entry["checkpoint"])
+    done = finished_checkpoint(run_dir, "meta")
+    if done is not None:
+        print(f"meta: done earlier ({done}); delete {run_dir} or change a setting to train again")
+        return done
     dm = VoxCeleb2DataModule.from_config(cfg)
     module = MetaLearnerModule(stage_cfg(cfg, "meta"), dm.id_dim)
-    init = Path(entry["init"]) if entry.get("init") else None
+    init = read_record(run_dir)["stages"].get("meta", {}).get("init")
     if resume_checkpoint(run_dir) is None:  # a fresh run: warm start (a resumed one has its own weights)
-        init, upstream = resolve_init(cfg)
-        n = load_weights(module, init, "generator.", "generator.")
+        init, upstream = resolve_start(cfg.meta.init, cfg.output_root, ("refine",))
+        n = load_weights(module, init, GENERATOR, GENERATOR)
         if module.discriminator is not None:
-            load_weights(module, init, "discriminator.", "discriminator.")
+            load_weights(module, init, DISCRIMINATOR, DISCRIMINATOR)
         if module.inner_log_lr is not None:  # a meta init's learned rates go on; a stage-1 init has none
-            load_weights(module, init, "inner_log_lr", "inner_log_lr", missing_ok=True)
+            load_weights(module, init, INNER_LOG_LR, INNER_LOG_LR, missing_ok=True)
         print(f"meta: {n} generator tensors from {init}")
-        record = read_record(run_dir)
-        record["stages"] = {**upstream["stages"], **record["stages"]}
-        write_json(run_dir / "stages.json", record)
+        inherit(run_dir, upstream)
     record_stage(run_dir, "meta", status="running", run_dir=str(run_dir), init=str(init) if init else None)
     _, last = fit(module, cfg, run_dir, dm, record=(run_dir, "meta"))  # the trainer records `done` (handoff)
     return last

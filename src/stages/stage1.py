@@ -3,7 +3,7 @@ the warp weights) in one run folder.
 
 Every stage resumes: a re-run of the same command continues from its `checkpoints/last.ckpt` (loaded
 with weights_only=True); a finished stage is skipped. `stages.json` in the run folder records which
-checkpoint fed which stage.
+checkpoint fed which stage (src/lineage.py).
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from data_modules.voxceleb2 import VoxCeleb2DataModule
-from src.stages.common import fit, load_weights, read_record, resume_checkpoint, stage_cfg, write_json  # noqa: F401  (load_weights: re-export)
+from src.checkpoints import GENERATOR, WARPER, load_weights
+from src.lineage import finished_checkpoint, read_record, record_stage
+from src.stages.common import fit, resume_checkpoint, stage_cfg
 
 
 def run_warp(cfg: DictConfig, run_dir: Path, max_epochs: int | None = None, record=None) -> Path:
@@ -33,29 +35,25 @@ def run_refine(cfg: DictConfig, run_dir: Path, init: str | None = None, max_epoc
     module = RefinerModule(stage_cfg(cfg, "refine"), dm.id_dim)
     init = init or cfg.refine.init
     if init and resume_checkpoint(run_dir) is None:  # warm start only a fresh run
-        load_weights(module, init, "warper.", "generator.warper.")
+        load_weights(module, init, WARPER, GENERATOR + WARPER)
     _, last = fit(module, cfg, run_dir, dm, max_epochs, record=record)
     return last
 
 
 def run_stage1(cfg: DictConfig, run_dir: Path) -> None:
     """warp, then refine warm-started from the warp weights; resumable; recorded in stages.json."""
-    record_path = run_dir / "stages.json"
-    plan = [("warp", cfg.stage1.warp_epochs), ("refine", cfg.stage1.refine_epochs)]
     init = None
-    for stage, epochs in plan:
-        record = read_record(run_dir)  # fresh: the previous stage's trainer has updated it
-        entry = record["stages"].get(stage, {})
-        stage_dir = run_dir / stage
-        if entry.get("status") == "done":
-            print(f"{stage}: done earlier ({entry['checkpoint']}), skipped")
-            init = entry["checkpoint"]
+    for stage, epochs in (("warp", cfg.stage1.warp_epochs), ("refine", cfg.stage1.refine_epochs)):
+        done = finished_checkpoint(run_dir, stage)
+        if done is not None:
+            print(f"{stage}: done earlier ({done}), skipped")
+            init = str(done)
             continue
-        entry.update(status="running", run_dir=str(stage_dir), init=init, started=entry.get("started", time.time()))
-        record["stages"][stage] = entry
-        write_json(record_path, record)
-        stage_cfg = OmegaConf.merge(cfg, {"stage": stage})
+        started = read_record(run_dir)["stages"].get(stage, {}).get("started", time.time())
+        stage_dir = run_dir / stage
+        record_stage(run_dir, stage, status="running", run_dir=str(stage_dir), init=init, started=started)
+        sub_cfg = OmegaConf.merge(cfg, {"stage": stage})
         # the trainer marks the stage `done` in run_dir/stages.json when it ends (callbacks/handoff.py)
-        last = (run_warp(stage_cfg, stage_dir, epochs, record=(run_dir, stage)) if stage == "warp"
-                else run_refine(stage_cfg, stage_dir, init=init, max_epochs=epochs, record=(run_dir, stage)))
+        last = (run_warp(sub_cfg, stage_dir, epochs, record=(run_dir, stage)) if stage == "warp"
+                else run_refine(sub_cfg, stage_dir, init=init, max_epochs=epochs, record=(run_dir, stage)))
         init = str(last)

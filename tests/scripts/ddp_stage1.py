@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import lightning as L
-import torch
 from omegaconf import OmegaConf
 
 from data_modules.voxceleb2 import VoxCeleb2DataModule

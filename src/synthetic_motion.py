@@ -38,10 +38,6 @@ class MotionScript:
     def to_json(self) -> dict:
         return {k: np.round(getattr(self, k), 4).tolist() for k in self.__dataclass_fields__}
 
-    @classmethod
-    def from_json(cls, d: dict) -> "MotionScript":
-        return cls(**{k: np.asarray(d[k], dtype=np.float64) for k in cls.__dataclass_fields__})
-
 
 def _smooth_signal(rng: np.random.Generator, t: np.ndarray, max_abs: float) -> np.ndarray:
     """A sum of three slow sinusoids (0.1-0.6 Hz), scaled so that its peak is in [0.5, 1] * max_abs."""

@@ -1,9 +1,9 @@
 """Build the embedded sample dataset: synthetic motion on real faces, in VoxCeleb2's folder layout.
 
-    python -m data_modules.sample --output data/sample
+    python -m src.sample --output data/sample
 
 The faces are real photos that installed packages ship (the six people in insightface's `t1.jpg` and
-scikit-image's astronaut). Each is animated by a smooth motion script (data_modules/synthetic_motion.py)
+scikit-image's astronaut). Each is animated by a smooth motion script (src/synthetic_motion.py)
 and written as 25 fps H.264 clips of 2-4 s with a speech-like audio track:
 
     OUT/{dev,test}/mp4/<identity>/<video>/<clip>.mp4,  OUT/sample_meta.json (motion scripts, sources)
@@ -13,7 +13,6 @@ same settings is not rebuilt. This is demo and test data, not a benchmark: the m
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -21,12 +20,17 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from src.errors import UserError, cli_entry
+from src.errors import UserError
+from src.files import atomic_write_json
+
+if TYPE_CHECKING:
+    from src.faces.detect import Box
 
 FORMAT_VERSION = 1
 META_NAME = "sample_meta.json"
@@ -61,7 +65,7 @@ def shipped_faces() -> list[tuple[str, np.ndarray]]:
     return [("insightface:t1.jpg", group[:, :, ::-1].copy()), ("skimage:astronaut", skimage.data.astronaut())]
 
 
-def face_crops(settings: Settings) -> list[tuple[str, np.ndarray, "Box"]]:
+def face_crops(settings: Settings) -> list[tuple[str, np.ndarray, Box]]:
     """(name, photo, face box) for every face in the shipped photos, in a fixed order."""
     from src.faces.detect import detect_faces
 
@@ -152,7 +156,7 @@ def _init_worker(sources: dict) -> None:
 
 
 def render_clip(args: tuple[dict, str, Settings]) -> dict:
-    from data_modules.synthetic_motion import FaceAnimator, make_motion_script, speech_audio
+    from src.synthetic_motion import FaceAnimator, make_motion_script, speech_audio
     from src.video_io import write_video
 
     job, root, settings = args
@@ -181,7 +185,8 @@ def build(output: Path, settings: Settings, workers: int = 2, quiet: bool = Fals
                 print(f"sample dataset already built at {output} ({meta['num_clips']} clips)")
             return meta
     if settings_path.exists() and json.loads(settings_path.read_text()) != wanted:
-        raise UserError(f"{output} holds a sample dataset built with other settings; remove it or choose another --output")
+        raise UserError(f"{output} holds a sample dataset built with other settings; remove it or choose another "
+                        "--output")
     try:
         output.mkdir(parents=True, exist_ok=True)
         settings_path.write_text(json.dumps(wanted, indent=2))
@@ -194,7 +199,7 @@ def build(output: Path, settings: Settings, workers: int = 2, quiet: bool = Fals
     # A finished clip is a complete file (written atomically); its motion is re-derived from its seed.
     todo = [j for j in jobs if not clip_path(output, j).exists()]
     results = {}
-    from data_modules.synthetic_motion import make_motion_script
+    from src.synthetic_motion import make_motion_script
 
     for j in jobs:
         if j not in todo:
@@ -227,58 +232,16 @@ def build(output: Path, settings: Settings, workers: int = 2, quiet: bool = Fals
                 for c in video["clips"]
             ]
     meta = {
-        "description": "synthetic motion on real faces (see data_modules/sample.py); for demos and tests",
+        "description": "synthetic motion on real faces (see src/sample_dataset.py); for demos and tests",
         "settings": wanted,
         "num_identities": len(identities),
         "num_clips": len(jobs),
         "num_frames": int(sum(j["frames"] for j in jobs)),
         "identities": identities,
     }
-    tmp = meta_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta))
-    tmp.replace(meta_path)
+    atomic_write_json(meta_path, meta, indent=None)
     if not quiet:
         n_test = sum(i["split"] == "test" for i in identities)
         print(f"built {len(jobs)} clips ({meta['num_frames']} frames) of {len(identities)} identities "
               f"({n_test} held out in test) at {output} in {time.time() - t0:.1f} s")
     return meta
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    d = Settings()
-    p = argparse.ArgumentParser(
-        prog="python -m data_modules.sample",
-        description="Build the embedded sample dataset: synthetic head motion, blinks and speech-like jaw "
-        "motion rendered on real face photos shipped by installed packages, as 25 fps H.264 clips with "
-        "audio in VoxCeleb2's layout OUT/{dev,test}/mp4/<identity>/<video>/<clip>.mp4.",
-    )
-    p.add_argument("--output", required=True, type=Path, help="output folder (created; re-runs resume)")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed, same dataset)")
-    p.add_argument("--size", type=int, default=d.size, help="frame size in pixels (square)")
-    p.add_argument("--videos-per-identity", type=int, default=d.videos_per_identity)
-    p.add_argument("--clips-per-video", type=int, default=d.clips_per_video)
-    p.add_argument("--min-seconds", type=float, default=d.min_seconds)
-    p.add_argument("--max-seconds", type=float, default=d.max_seconds)
-    p.add_argument("--max-identities", type=int, default=d.max_identities, help="at most this many faces")
-    p.add_argument("--test-identities", type=int, default=d.test_identities, help="identities held out in test/")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel encoder processes")
-    p.add_argument("--quiet", action="store_true")
-    return p.parse_args(argv)
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    if not 0 < a.min_seconds <= a.max_seconds:
-        raise UserError("--min-seconds must be positive and at most --max-seconds")
-    if a.size < 128 or a.size % 2:
-        raise UserError("--size must be an even number of pixels, at least 128")
-    settings = Settings(seed=a.seed, size=a.size, videos_per_identity=a.videos_per_identity,
-                        clips_per_video=a.clips_per_video, min_seconds=a.min_seconds, max_seconds=a.max_seconds,
-                        max_identities=a.max_identities, test_identities=a.test_identities)
-    build(a.output, settings, workers=a.workers, quiet=a.quiet)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
