@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -11,14 +12,56 @@ from src.errors import UserError
 
 
 def load_manifest(root: str | Path) -> dict:
+    """The manifest of a finished shard folder, after checking that each split's litdata index declares only
+    the plain fields this project writes (a shard folder is data: nothing in it may ask to be unpickled)."""
     path = Path(root) / "manifest.json"
     if not path.is_file():
         raise UserError(f"{root} is not a finished shard folder (no manifest.json): run "
                         f"python -m src.preprocess --input VIDEOS --output {root}")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != "metaportrait-shards":
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({type(exc).__name__}); preprocess again into a new "
+                        "folder") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "metaportrait-shards":
         raise UserError(f"{path} is not a metaportrait shard manifest")
+    for split in manifest.get("splits") or {}:
+        if (Path(root) / split).is_dir():
+            check_shard_index(Path(root) / split)
     return manifest
+
+
+# What the shard writer's litdata chunks hold (data_modules/shard_writer.py): strings, floats, bytes, numpy arrays.
+# litdata decodes other formats too, `pickle` among them, which would run code from the dataset: refused.
+_FIELD_FORMATS = re.compile(r"^(str|float|int|bytes|numpy|no_header_numpy:\d+)$")
+_SPEC_TYPES = {None, "builtins.dict"}
+
+
+def check_shard_index(split_dir: Path) -> None:
+    """A UserError unless split_dir/index.json describes chunks of plain fields, uncompressed and unencrypted."""
+    path = split_dir / "index.json"
+    try:
+        config = json.loads(path.read_text())["config"]
+        formats, spec = list(config["data_format"]), json.loads(config["data_spec"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is missing or not a litdata index ({type(exc).__name__})") from None
+    bad = [f for f in formats if not (isinstance(f, str) and _FIELD_FORMATS.match(f))]
+    types = set()
+
+    def collect(node):
+        if isinstance(node, dict):
+            types.add(node.get("type"))
+            for child in node.get("children_spec") or []:
+                collect(child)
+        elif isinstance(node, list):
+            for child in node:
+                collect(child)
+
+    collect(spec)
+    if bad or not types <= _SPEC_TYPES or config.get("encryption") or config.get("item_loader") != "PyTreeLoader":
+        what = ", ".join(map(str, bad)) or ", ".join(sorted(map(str, types - _SPEC_TYPES))) or "its loader"
+        raise UserError(f"{path} declares fields this project never writes ({what}); a shard folder is data, and "
+                        f"decoding these could run code: refused")
 
 
 def check_id_dim(requested: int | None, manifest: dict) -> int:

@@ -38,6 +38,7 @@ from src.errors import UserError
 from src.faces.identity import backend_choice, embedding_dim
 from src.faces.tracking import CROP_SCALE, crop_box, crop_frame, detect_sampled, main_track
 from src.files import atomic_write_json
+from src.paths import check_output, require_dir
 
 VIDEO_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 
@@ -236,6 +237,7 @@ def preprocess(input: str | Path, output: str | Path, splits: tuple[str, ...] = 
     insightface or dlib (resolved to the backend's full name before work starts)."""
     if not 0 <= node_rank < num_nodes:
         raise UserError(f"--node-rank must be in [0, {num_nodes})")
+    check_output(Path(output), {"--input": require_dir(Path(input), "--input")})  # packing clears OUT/<split>
     jobs = discover(Path(input), [s for s in splits if s])
     out, work = Path(output), Path(output) / ".work"
     try:

@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from data_modules.shard_writer import load_clip
 from data_modules.shards import decode_frames, load_manifest
+from src.errors import UserError
 from src.faces.landmarks import FaceMesh
 from src.faces.tracking import crop_frame
 from src.preprocess import run
@@ -106,7 +108,7 @@ def test_rerun_does_not_reprocess_and_resumes(tmp_path, preprocess_input, shards
 def test_bad_arguments_are_clear(tmp_path):
     r = subprocess.run([sys.executable, "-m", "src.preprocess", "--input", str(tmp_path / "nope"), "--output",
                         str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 2 and "is not a folder" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--input" in r.stderr and "does not exist" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "empty").mkdir()
     r = subprocess.run([sys.executable, "-m", "src.preprocess", "--input", str(tmp_path / "empty"), "--output",
                         str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
@@ -163,3 +165,43 @@ def test_lost_frames_two_faces_and_nodes(tmp_path, fixtures_dir):
     two = clips_by_id["two"]
     assert two["faces_seen"] == 2
     assert two["crop_box"][0] < a.shape[2]  # the crop is centred on the larger face (left half)
+
+
+def test_an_output_that_overlaps_the_input_is_refused_and_the_input_is_untouched(tmp_path, fixtures_dir):
+    """Packing clears OUT/<split>: with OUT = the input (or around it) that would delete the input's videos."""
+    import hashlib
+    import shutil
+
+    root = tmp_path / "vox"
+    clip = next((fixtures_dir / "voxceleb2_mini" / "dev" / "mp4").glob("*/*/*.mp4"))
+    target = root / "dev" / "mp4" / "id1" / "v1" / "00001.mp4"
+    target.parent.mkdir(parents=True)
+    shutil.copy(clip, target)
+    digest = hashlib.sha1(target.read_bytes()).hexdigest()
+    for output in (root, tmp_path, root / "dev"):
+        r = subprocess.run([sys.executable, "-m", "src.preprocess", "--input", str(root), "--output", str(output)],
+                           cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 2 and "overlaps --input" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert hashlib.sha1(target.read_bytes()).hexdigest() == digest
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["dev", "dev/mp4", "dev/mp4/id1",
+                                                                               "dev/mp4/id1/v1",
+                                                                               "dev/mp4/id1/v1/00001.mp4"]
+
+
+def test_a_shard_index_that_asks_for_pickle_is_refused(shards, tmp_path):
+    """A shard folder is data: litdata would unpickle a field declared `pickle`, so the index is checked first."""
+    import shutil
+
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    index = copy / "test" / "index.json"
+    data = json.loads(index.read_text())
+    data["config"]["data_format"][0] = "pickle"
+    index.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="pickle.*refused"):
+        load_manifest(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_manifest(copy)
+    assert load_manifest(shards)["format"] == "metaportrait-shards"  # the real index passes
