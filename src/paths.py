@@ -9,19 +9,19 @@ from src.errors import UserError
 
 
 def require_file(path: Path, flag: str) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder, not a file")
-    if not path.is_file():
-        raise UserError(f"{flag} {path} does not exist")
-    return path
+    return _require(Path(path), flag, folder=False)
 
 
 def require_dir(path: Path, flag: str) -> Path:
-    path = Path(path)
-    if path.is_file():
-        raise UserError(f"{flag} {path} is a file, not a folder")
-    if not path.is_dir():
+    return _require(Path(path), flag, folder=True)
+
+
+def _require(path: Path, flag: str, folder: bool) -> Path:
+    """`path` if it exists and is a folder (folder=True) or a file, else an error saying which it is not."""
+    if path.exists() and path.is_dir() != folder:
+        have, want = ("file", "folder") if folder else ("folder", "file")
+        raise UserError(f"{flag} {path} is a {have}, not a {want}")
+    if not path.exists():
         raise UserError(f"{flag} {path} does not exist")
     return path
 
