@@ -30,7 +30,7 @@ def _args(ckpt, video, out, *extra):
 @pytest.fixture(scope="module")
 def personalized(tiny_generator_ckpt, clip, tmp_path_factory):
     out = tmp_path_factory.mktemp("personal") / "me.ckpt"
-    code = personalize.main(_args(tiny_generator_ckpt, clip, out, "--steps", "12", "--eval-every", "4", "--lr", "1e-3",
+    code = personalize.main(_args(tiny_generator_ckpt, clip, out, "--steps", "24", "--eval-every", "8", "--lr", "3e-3",
                                   "--heldout-fraction", "0.3"))
     assert code == 0
     return out
@@ -41,9 +41,9 @@ def test_personalize_writes_checkpoint_report_and_preview(personalized, tiny_gen
     generator, cfg, id_dim = load_generator(out)  # loadable with weights_only, by the same code as any generator
     assert id_dim == 128 and cfg["model"]["resolution"] == 64
     ckpt = torch.load(out, weights_only=True)
-    assert len(ckpt["personalized"]["embedding"]) == 128 and ckpt["personalized"]["steps"] == 12
+    assert len(ckpt["personalized"]["embedding"]) == 128 and ckpt["personalized"]["steps"] == 24
     report = json.loads((folder / "me.report.json").read_text())
-    assert report["steps"] == 12 and report["stopped_by"] == "steps"
+    assert report["steps"] == 24 and report["stopped_by"] == "steps"
     for when in ("before", "after"):
         h = report["heldout"][when]
         assert h["frames"] == 4 and 5 < h["psnr"] < 60 and 0 < h["ssim"] <= 1 and -1 <= h["identity_similarity"] <= 1
@@ -64,7 +64,7 @@ def test_fine_tuning_lowers_the_heldout_loss(personalized, tiny_generator_ckpt):
 
     logs = sorted((personalized.parent / "me.work" / "logs").rglob("metrics.csv"))[-1].read_text().splitlines()
     col = logs[0].split(",").index("val/loss")
-    assert len([r for r in logs[1:] if r.split(",")[col]]) == 3  # measured every 4 of 12 steps
+    assert len([r for r in logs[1:] if r.split(",")[col]]) == 3  # measured every 8 of 24 steps
     dm = PersonalVideoDataModule(str(personalized.parent / "me.work" / "shards"), resolution=64, batch_size=2,
                                  heldout_fraction=0.3, id_dim=128)
     dm.setup()
@@ -72,6 +72,8 @@ def test_fine_tuning_lowers_the_heldout_loss(personalized, tiny_generator_ckpt):
     for name, path in (("start", tiny_generator_ckpt), ("personal", personalized)):
         gen, cfg, id_dim = load_generator(path)
         loss[name] = heldout_loss(PersonalizeModule(cfg, id_dim, 1e-3, gen), dm, torch.device("cpu"))
+    # 24 steps at 3e-3 gain about 0.016 on this clip, 40x the run-to-run spread (12 steps at 1e-3 gained 0 to 0.006,
+    # which CPU nondeterminism could flip)
     assert loss["personal"] < loss["start"]
 
 
