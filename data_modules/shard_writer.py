@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from src.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from src.files import atomic_write_bytes, atomic_write_json, atomic_write_text, unchanged
 
 FORMAT = "metaportrait-shards"
 FORMAT_VERSION = 1
@@ -44,7 +45,20 @@ def work_path(work: Path, job: ClipJob, suffix: str) -> Path:
 
 
 def is_done(work: Path, job: ClipJob) -> bool:
-    return work_path(work, job, ".npz").exists() or work_path(work, job, ".reject.json").exists()
+    """Whether the clip has a result (frames or a reject) for its input as it is now: a result recorded for a file
+    since replaced or changed at the same path (its `input` fingerprint differs) is deleted, to be redone; so is
+    a reject of a file fixed since. Results written before fingerprints were recorded are kept."""
+    for suffix, read in ((".npz", load_meta), (".reject.json", lambda p: json.loads(Path(p).read_text()))):
+        path = work_path(work, job, suffix)
+        if path.exists():
+            try:
+                recorded = read(path).get("input", "unrecorded")
+            except Exception:  # a damaged result (torn by a crash outside this project's atomic writes): redone
+                recorded = None
+            if recorded == "unrecorded" or unchanged(job.path, recorded):
+                return True
+            path.unlink()
+    return False
 
 
 def encode_jpegs(frames: list[np.ndarray], quality: int = 95) -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +77,10 @@ def write_clip(work: Path, job: ClipJob, arrays: dict, meta: dict) -> Path:
     return atomic_write_bytes(work_path(work, job, ".npz"), buf.getvalue())
 
 
-def write_reject(work: Path, job: ClipJob, reason: str) -> dict:
-    record = {"clip": job.key, "path": job.path, "reason": reason}
+def write_reject(work: Path, job: ClipJob, reason: str, input: dict | None = None) -> dict:
+    """Record why a clip was not used; `input`: the source file's fingerprint (src.files), so a fixed file is
+    tried again."""
+    record = {"clip": job.key, "path": job.path, "reason": reason, **({"input": input} if input else {})}
     atomic_write_json(work_path(work, job, ".reject.json"), record)
     return record
 
@@ -96,7 +112,16 @@ def _litdata_item(path: str) -> dict:
 
 
 def inputs_digest(jobs: list[ClipJob]) -> str:
-    return hashlib.sha1("\n".join(sorted(j.key for j in jobs)).encode()).hexdigest()
+    """A digest of the clips and of their files' sizes and times: a finished shard folder is up to date only while
+    it is the same for the inputs found now."""
+    def stamp(job: ClipJob) -> str:
+        try:
+            st = os.stat(job.path)
+            return f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            return "absent"
+
+    return hashlib.sha1("\n".join(sorted(f"{j.key} {stamp(j)}" for j in jobs)).encode()).hexdigest()
 
 
 def pack(out: Path, work: Path, jobs: list[ClipJob], settings: dict, backend: dict) -> dict:

@@ -26,15 +26,16 @@ import argparse
 import json
 from pathlib import Path
 
+from src.arguments import Parser, positive_int
 from src.errors import cli_entry
 from src.faces.identity import BACKENDS
 from src.faces.motion import MODES as MOTIONS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m src.animate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    p = Parser(prog="python -m src.animate", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="\n\n".join(__doc__.split("\n\n")[2:]))
     p.add_argument("--checkpoint", required=True, type=Path, help="generator checkpoint (refine, meta or personalize)")
     p.add_argument("--source", required=True, type=Path, help="portrait image, or a video (its first frame)")
     p.add_argument("--driving", required=True, type=Path, help="driving video")
@@ -44,15 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--motion", choices=MOTIONS, default="relative",
                    help="relative: driver's motion on the source's face (default); absolute: driver's landmarks")
     p.add_argument("--paste-back", action="store_true", help="blend the face back into the full source picture")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="frames per forward pass, >= 1")
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     p.add_argument("--identity-backend", default="auto", choices=BACKENDS)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-    if a.batch_size < 1:
-        p.error("--batch-size must be positive")
-    return a
+    return p.parse_args(argv)
 
 
 @cli_entry

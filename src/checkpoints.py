@@ -8,13 +8,14 @@ with learned rates adds `inner_lr_scale` (generator tensor name -> rate multipli
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from src.errors import UserError
-from src.files import temporary_path
+from src.files import partial_file
 
 GENERATOR = "generator."          # the talking-head generator (refine, meta, personalize)
 WARPER = "warper."                # the warping generator of the warp stage (inside a generator: generator.warper.)
@@ -24,28 +25,49 @@ INNER_LOG_LR = "inner_log_lr"     # meta.learn_inner_lr: the log-multipliers as 
 INNER_LR_SCALE = "inner_lr_scale"  # ... and as multipliers, for fine-tuning
 
 
-def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
-    """The checkpoint dict at `path`, weights only, or a UserError saying why it cannot be read."""
+def read_checkpoint(path: str | Path, mmap: bool = False, what: str = "checkpoint") -> dict:
+    """The checkpoint dict at `path`, weights only, or a one-line UserError naming the file (as `what`: the flag
+    or key it came from) and what is wrong with it."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a checkpoint file")
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
+    if path.stat().st_size == 0:
+        raise UserError(f"{what} {path} is empty (0 bytes): not a checkpoint")
+    with open(path, "rb") as f:
+        zipped = f.read(2) == b"PK"  # torch.save's format
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:  # not a torch file, truncated, or holding objects weights_only refuses
-        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+    except pickle.UnpicklingError:
+        why = ("holds objects that safe loading (weights_only) refuses, such as pickled code; nothing was run"
+               if zipped else "is not a torch checkpoint, or holds objects that safe loading refuses")
+        raise UserError(f"{what} {path} {why}") from None
+    except Exception as exc:  # a torn zip, a truncated file, another format
+        why = "is truncated or damaged" if zipped else "is not a torch checkpoint"
+        raise UserError(f"{what} {path} {why} ({type(exc).__name__}: {str(exc).splitlines()[0][:100]})") from None
     if not isinstance(state, dict):
-        raise UserError(f"{path} is not a checkpoint of this project (not a dict)")
+        raise UserError(f"{what} {path} holds a {type(state).__name__}, not a checkpoint (a dict)")
     return state
+
+
+def check_resumable(path: str | Path) -> Path:
+    """`path`, a Lightning checkpoint a run resumes from, or a one-line error saying what is wrong with it and that
+    deleting it restarts from the beginning (a corrupt resume state is never silently dropped: it is work)."""
+    try:
+        state = read_checkpoint(path, mmap=True, what="the resume checkpoint")
+        if not isinstance(state.get("state_dict"), dict) or "global_step" not in state:
+            raise UserError(f"the resume checkpoint {path} is not a Lightning training checkpoint")
+    except UserError as exc:
+        raise UserError(f"{exc}; move it away to start over from the beginning") from None
+    return Path(path)
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write a checkpoint dict atomically (a killed job never leaves a torn checkpoint under the final name)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return path
+    with partial_file(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
 
 
 def generator_checkpoint(generator: torch.nn.Module, cfg: dict, id_dim: int, **extra) -> dict:
@@ -56,7 +78,15 @@ def generator_checkpoint(generator: torch.nn.Module, cfg: dict, id_dim: int, **e
 
 def prefixed(state: dict, prefix: str) -> dict:
     """The state_dict entries under `prefix`, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state.get("state_dict", {}).items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v for k, v in section(state, "state_dict").items()
+            if isinstance(k, str) and k.startswith(prefix) and isinstance(v, torch.Tensor)}
+
+
+def section(state: dict, key: str) -> dict:
+    """state[key] when it is a dict, else {} (a crafted or foreign checkpoint is refused by its loader's checks,
+    not by an AttributeError)."""
+    value = state.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 # ------------------------------------------------------------------------------------------ the mesh prior
@@ -85,9 +115,9 @@ def load_generator(checkpoint: str | Path, mesh_prior: bool | None = None):
 
     path = Path(checkpoint)
     state = read_checkpoint(path)
-    hp = state.get("hyper_parameters") or {}
+    hp = section(state, "hyper_parameters")
     weights = prefixed(state, GENERATOR)
-    if not weights or "cfg" not in hp:
+    if not weights or not isinstance(section(hp, "cfg").get("model"), dict) or not isinstance(hp.get("id_dim"), int):
         kind = ("a warp-stage checkpoint (no refiner)" if prefixed(state, WARPER) else "not a generator checkpoint")
         raise UserError(f"{path} is {kind}: give a checkpoint of the refine, stage1, meta or personalize stage")
     cfg, id_dim = hp["cfg"], int(hp["id_dim"])
@@ -96,8 +126,12 @@ def load_generator(checkpoint: str | Path, mesh_prior: bool | None = None):
     cfg["model"].setdefault("warp", {})["mesh_prior"] = mesh_prior_of(cfg)
     # keys added to the model section after the checkpoint was written take their defaults
     defaults = OmegaConf.load(CONFIG_DIR / "default.yaml").model
-    cfg["model"] = OmegaConf.to_container(OmegaConf.merge(defaults, cfg["model"]), resolve=True)
-    generator = build_generator(OmegaConf.create(cfg["model"]), id_dim)
+    try:
+        cfg["model"] = OmegaConf.to_container(OmegaConf.merge(defaults, cfg["model"]), resolve=True)
+        generator = build_generator(OmegaConf.create(cfg["model"]), id_dim)
+    except Exception as exc:  # a crafted or damaged config: refused, with what failed
+        raise UserError(f"{path}: its model config cannot be built ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:100] if str(exc) else ''})") from None
     target = generator.state_dict()
     bad = sorted(set(target) ^ set(weights)) + sorted(k for k in set(target) & set(weights)
                                                       if target[k].shape != weights[k].shape)
@@ -133,8 +167,8 @@ def load_sr(checkpoint: str | Path):
     path = Path(checkpoint)
     state = read_checkpoint(path)
     weights = prefixed(state, SR_NET)
-    cfg = (state.get("hyper_parameters") or {}).get("cfg")
-    if not weights or not cfg or "sr" not in cfg.get("model", {}):
+    cfg = section(section(state, "hyper_parameters"), "cfg")
+    if not weights or "sr" not in section(cfg, "model"):
         raise UserError(f"{path} is not a super-resolution checkpoint (the sr stage writes them)")
     net = build_sr(OmegaConf.create(cfg["model"]))
     weights.update(ema_weights(state))
@@ -142,9 +176,30 @@ def load_sr(checkpoint: str | Path):
     return net.eval(), cfg
 
 
+def load_sr_prior(decoder: torch.nn.Module, path: str | Path) -> int:
+    """GFPGAN v1.3 / StyleGAN2 weights (sr.prior) into the SR decoder; how many tensors."""
+    from src.models.stylegan2 import load_prior_state
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"sr.prior={path} does not exist (GFPGANv1.3.pth or a StyleGAN2-clean state dict)")
+    return load_prior_state(decoder, read_checkpoint(path, what="sr.prior"), path)
+
+
+def load_face_recognition(path: str | Path, arch: str = "r50"):
+    """The frozen arcface_torch IResNet of the identity loss, from its backbone.pth."""
+    from src.models.iresnet import load_iresnet_state
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"face-recognition weights {path} do not exist (arcface_torch's backbone.pth, "
+                        f"architecture {arch}; see README, 'Identity loss')")
+    return load_iresnet_state(read_checkpoint(path, what="face-recognition weights"), path, arch)
+
+
 def ema_weights(state: dict) -> dict:
     """The averaged weights the EMA callback (callbacks/ema.py) keeps in a checkpoint, or {} without it."""
-    for cb in (state.get("callbacks") or {}).values():
+    for cb in section(state, "callbacks").values():
         if isinstance(cb, dict) and cb.get("shadow"):
             return dict(cb["shadow"])
     return {}
@@ -152,12 +207,12 @@ def ema_weights(state: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ warm starts
 def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: str, dst_prefix: str = "",
-                 missing_ok: bool = False) -> int:
+                 missing_ok: bool = False, what: str = "checkpoint") -> int:
     """Copy the weights under `src_prefix` of a checkpoint into `module` (under `dst_prefix`). Missing,
     unexpected or mis-shaped keys are an error that names them; a checkpoint with no weights under `src_prefix`
-    at all is one too, unless missing_ok (then nothing is copied and 0 returned)."""
+    at all is one too, unless missing_ok (then nothing is copied and 0 returned). `what`: the key it came from."""
     path = Path(checkpoint)
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, what=what)
     if "state_dict" not in state:
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict)")
     check_mesh_prior(module, state, path)
@@ -185,7 +240,7 @@ def check_mesh_prior(module: torch.nn.Module, state: dict, path: Path) -> None:
     """A warm start must warp the way its checkpoint was trained: weights of a learned-only flow loaded under the
     mesh prior (or the reverse) would run, silently, as a model nobody trained."""
     cfg = getattr(module, "cfg", None)
-    trained = (state.get("hyper_parameters") or {}).get("cfg")
+    trained = section(state, "hyper_parameters").get("cfg")
     if cfg is None or not isinstance(trained, dict) or "model" not in cfg:
         return
     had = str(mesh_prior_of(trained)).lower()

@@ -40,6 +40,31 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "meta.outer_lr_decay": ("constant", "linear"),
     "sr.lq": ("base", "bicubic"),
 }
+# Every numeric key with a range, declared once: compose refuses a value outside [low, high] (None: unbounded) or
+# of another type; null stays allowed where the YAML default is null. Lightning's own -1 means "no limit".
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "seed": (0, None),
+    "trainer.num_nodes": (1, None),
+    "trainer.max_epochs": (-1, None),
+    "trainer.max_steps": (-1, None),
+    "trainer.limit_train_batches": (0, None),
+    "trainer.limit_val_batches": (0, None),
+    "trainer.num_sanity_val_steps": (-1, None),
+    "trainer.val_check_interval": (1e-9, None),
+    "trainer.check_val_every_n_epoch": (1, None),
+    "trainer.log_every_n_steps": (1, None),
+    "trainer.accumulate_grad_batches": (1, None),
+    "checkpoint.every_minutes": (1e-9, None),
+    "checkpoint.every_n_train_steps": (1, None),
+    "checkpoint.keep_top_k": (-1, None),
+    "data.batch_size": (1, None),
+    "data.num_workers": (0, None),
+    "data.samples_per_clip": (1, None),
+    "model.resolution": (16, 4096),
+    "optim.lr": (1e-12, 10),
+    "optim.weight_decay": (0, None),
+    "optim.warp_lr_mult": (0, None),
+}
 # YAML 1.1 (PyYAML) reads `1e-3` as a string; command lines use that notation all the time.
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -207,6 +232,7 @@ def compose(stage: str, args: Iterable[str] = ()) -> DictConfig:
     if missing:
         raise ConfigError(f"these keys need a value: {', '.join(missing)} (pass them as key=value)")
     check_choices(cfg)
+    check_ranges(cfg)
     check_rules(cfg)
     derive(cfg)
     return cfg
@@ -220,6 +246,17 @@ def check_choices(cfg: DictConfig) -> None:
         close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]}?" if close else ""
         raise ConfigError(f"config key '{key}' must be one of {', '.join(options)}, got '{value}'{hint}")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    for key, (low, high) in RANGES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT or value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"<= {high:g}" if low is None else (f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]")
+            raise ConfigError(f"config key '{key}' must be a number {bounds}, got {value!r}")
 
 
 def check_rules(cfg: DictConfig) -> None:

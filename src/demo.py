@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from src.arguments import Parser
 from src.errors import cli_entry
 
 # every stage validates at the end of its epochs; the pre-training check is time the demo lacks (SR's alone: 15 s)
@@ -144,8 +145,8 @@ STEPS = [("sample", step_sample), ("preprocess", step_preprocess), ("stage1", st
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m src.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m src.demo", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sample", type=Path, default=Path("data/sample"), help="where the sample dataset is built")
     p.add_argument("--output", type=Path, default=Path("outputs/demo"), help="where the demo writes its results")
     a = p.parse_args(argv)

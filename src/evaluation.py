@@ -118,6 +118,12 @@ def evaluate(checkpoint: Path, data: Path, split: str = "test", mode: str = "sam
         raise UserError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
     if max_frames < 2:
         raise UserError("--max-frames must be at least 2 (the warping error needs consecutive frames)")
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    from src.paths import require_dir, require_file
+
+    require_file(checkpoint, "--checkpoint")
+    require_dir(data, "--data")
     device = resolve_device(device)
     generator, cfg, id_dim = load_generator(checkpoint, mesh_prior=MESH_PRIOR[mesh_prior])
     r = cfg["model"]["resolution"]
@@ -254,6 +260,21 @@ def markdown(result: dict) -> str:
         lines += ["", "Unavailable: " + "; ".join(f"{k}: {v}" for k, v in result["unavailable"].items())]
     lines += ["", result["notes"], ""]
     return "\n".join(lines)
+
+
+REPORT_FILES = ("metrics.json", "metrics.md")
+
+
+def check_report_folder(output: Path, inputs: dict[str, Path], overwrite: bool = False) -> Path:
+    """An error, before any work, unless the report can be written into the folder `output` (src/paths.py) without
+    replacing an earlier one (unless overwrite)."""
+    from src.paths import check_output
+
+    check_output(output, inputs, kind="folder")
+    found = [str(Path(output) / f) for f in REPORT_FILES if (Path(output) / f).exists()]
+    if found and not overwrite:
+        raise UserError(f"{', '.join(found)} exist(s): pass --overwrite to replace, or another --output")
+    return Path(output)
 
 
 def write_report(result: dict, output: Path) -> None:

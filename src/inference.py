@@ -55,16 +55,16 @@ class Driving:
     lost: int              # frames whose landmarks were held from the last good frame
     fps: float
     audio: tuple | None    # (samples (1, n), rate) or None
-    truncated: bool
+    truncated: bool        # damaged: a decoding error, or fewer frames than the container declares
+    declared: int = 0      # frames the container declares (0: unknown)
 
 
 def read_picture(path: Path) -> np.ndarray:
     """An RGB image, or a video's first frame."""
+    from src.paths import media_kind, require_file
     from src.video_io import iter_frames
 
-    if not path.is_file():
-        raise UserError(f"--source {path} does not exist")
-    if path.suffix.lower() in IMAGE_EXTS:
+    if media_kind(require_file(path, "--source", kind="picture")) == "image":  # by content, not name
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise UserError(f"--source {path}: not a readable image")
@@ -103,11 +103,10 @@ def prepare_source(path: Path, resolution: int, embedder) -> Source:
 def prepare_driving(path: Path, resolution: int) -> Driving:
     from src.faces.landmarks import FaceMesh, centred_face
     from src.faces.tracking import CROP_SCALE, crop_box, crop_frame, detect_sampled, main_track
-    from src.video_io import iter_frames, probe, read_audio
+    from src.paths import require_file
+    from src.video_io import iter_frames, probe, read_audio, short_by
 
-    if not path.is_file():
-        raise UserError(f"--driving {path} does not exist")
-    info = probe(path)  # raises a UserError for a file that is not a video
+    info = probe(require_file(path, "--driving", kind="video"))
     frames, truncated = [], False
     try:
         for f in iter_frames(path):
@@ -135,7 +134,9 @@ def prepare_driving(path: Path, resolution: int) -> Driving:
     if first is None:
         raise UserError(f"--driving {path}: MediaPipe found no landmarks in any frame")
     landmarks = [first if lm is None else lm for lm in landmarks]  # frames before the first detection
-    return Driving(crops, np.stack(landmarks).astype(np.float32), lost, info.fps, read_audio(path), truncated)
+    truncated = truncated or short_by(len(crops), info.declared_frames)
+    return Driving(crops, np.stack(landmarks).astype(np.float32), lost, info.fps, read_audio(path), truncated,
+                   info.declared_frames)
 
 
 def identity_embedder(backend: str, id_dim: int):
@@ -235,13 +236,16 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
     the full source picture."""
     from src.checkpoints import load_generator, load_sr
     from src.faces.motion import inter_ocular, transfer_motion
+    from src.paths import check_output, require_file
     from src.video_io import write_video
 
     output, source, driving = Path(output), Path(source), Path(driving)
-    if output.exists() and not overwrite:
-        raise UserError(f"{output} exists: pass --overwrite to replace it")
-    if output.suffix.lower() != ".mp4":
-        raise UserError(f"--output {output}: the output is an .mp4 file")
+    # every input and the output checked before any work (src/paths.py)
+    inputs = {"--checkpoint": require_file(checkpoint, "--checkpoint"),
+              "--source": require_file(source, "--source", kind="picture"),
+              "--driving": require_file(driving, "--driving", kind="video"),
+              "--sr-checkpoint": sr_checkpoint and require_file(sr_checkpoint, "--sr-checkpoint")}
+    check_output(output, inputs, overwrite=overwrite, kind="file", suffix=".mp4")
     t0 = time.time()
     dev = resolve_device(device)
     generator, cfg, id_dim = load_generator(checkpoint)
@@ -258,7 +262,9 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         print(f"animate: the face was lost on {drv.lost} of {len(drv.crops)} driving frames; "
               f"held the last good landmarks there", file=sys.stderr)
     if drv.truncated:
-        print(f"animate: {driving} is damaged; using its first {len(drv.crops)} decodable frames", file=sys.stderr)
+        declared = f"the {drv.declared} frames it declares" if drv.declared else "its frames"
+        print(f"animate: {driving} is damaged: {len(drv.crops)} of {declared} could be decoded; using those",
+              file=sys.stderr)
     landmarks = transfer_motion(src.landmarks, drv.landmarks, motion)
     frames = generate(generator, src, landmarks, dev, batch_size, progress=progress)
     if sr is not None:
@@ -269,7 +275,6 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
     audio = None, 16000
     if drv.audio is not None:
         audio = drv.audio[0].mean(0).astype(np.float32), drv.audio[1]
-    output.parent.mkdir(parents=True, exist_ok=True)
     write_video(output, frames, fps=drv.fps, audio=audio[0], sample_rate=audio[1])
     return {
         "output": str(output), "frames": len(frames), "fps": drv.fps, "size": list(frames[0].shape[1::-1]),

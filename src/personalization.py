@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,9 @@ import torch
 
 from data_modules.shards import HELDOUT_FRACTION
 from src.errors import UserError
-from src.files import atomic_write_json
+from src.files import atomic_write_json, read_json
 from src.images import to_uint8
+from src.paths import check_output, require_file
 
 
 @dataclass
@@ -43,8 +45,12 @@ class PersonalizeOptions:
     def __post_init__(self):
         self.checkpoint, self.output = Path(self.checkpoint), Path(self.output)
         self.videos = [Path(v) for v in self.videos]
-        if self.steps < 1 or self.eval_every < 1 or self.batch_size < 1:
-            raise UserError("--steps, --eval-every and --batch-size must be positive")
+        if self.steps < 1 or self.eval_every < 1 or self.batch_size < 1 or self.patience < 1:
+            raise UserError("--steps, --eval-every, --batch-size and --patience must be positive")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise UserError(f"--time-budget must be positive seconds, not {self.time_budget}")
+        if not (0 < self.lr <= 1 and 0 < self.heldout_fraction < 1 and self.max_eval_frames >= 1):
+            raise UserError("--lr must be in (0, 1], --heldout-fraction in (0, 1), --max-eval-frames >= 1")
 
 
 def output_paths(out: Path) -> dict[str, Path]:
@@ -63,8 +69,6 @@ def preprocess_videos(videos: list[Path], work: Path, backend: str) -> Path:
     inputs.mkdir(parents=True, exist_ok=True)
     wanted = {}
     for video in videos:
-        if not video.is_file():
-            raise UserError(f"--video {video} does not exist")
         tag = hashlib.sha1(str(video.resolve()).encode()).hexdigest()[:10]  # one name per source file
         wanted[f"{video.stem}-{tag}{video.suffix.lower()}"] = video.resolve()
     for link in inputs.iterdir():  # videos of an earlier call that are not part of this one
@@ -74,11 +78,18 @@ def preprocess_videos(videos: list[Path], work: Path, backend: str) -> Path:
         if not (inputs / name).is_symlink():
             (inputs / name).symlink_to(target)
     shards = work / "shards"
-    manifest = preprocess(inputs, shards, ("person",), Options(identity_backend=backend), workers=1, quiet=True)
+    # a damaged video is used as far as it decodes (preprocessing records it), with a warning below
+    options = Options(identity_backend=backend, keep_damaged=True)
+    manifest = preprocess(inputs, shards, ("person",), options, workers=1, quiet=True)
     if not manifest or not sum(s["clips"] for s in manifest["splits"].values()):
         reasons = [json.loads(line)["reason"] for line in (shards / "rejects.jsonl").read_text().splitlines() if line]
         why = "; ".join(reasons) or "all rejected"
         raise UserError(f"no usable face video among {', '.join(map(str, videos))}: {why}")
+    for clip in manifest["clips"]:
+        if clip.get("truncated"):
+            print(f"personalize: {clip['source']} is damaged: {clip['decoded_frames']} of the "
+                  f"{clip.get('declared_frames') or '?'} frames it declares could be decoded; using those",
+                  file=sys.stderr)
     return shards
 
 
@@ -144,6 +155,7 @@ def personalize(a: PersonalizeOptions) -> dict:
     from src.checkpoints import (
         INNER_LR_SCALE,
         check_lr_scale,
+        check_resumable,
         generator_checkpoint,
         learned_lr_scales,
         load_generator,
@@ -154,14 +166,18 @@ def personalize(a: PersonalizeOptions) -> dict:
     from src.inference import resolve_device
     from src.modules.personalize_module import PersonalizeModule
 
+    # every input and output checked before any work (src/paths.py)
     paths = output_paths(a.output)
+    require_file(a.checkpoint, "--checkpoint")
+    for video in a.videos:
+        require_file(video, "--video", kind="video")
+    inputs = {"--checkpoint": a.checkpoint, **{f"--video {v}": v for v in a.videos}}
     existing = [str(p) for k, p in paths.items() if k != "work" and p.exists()]
     if existing and not a.overwrite:
         raise UserError(f"{', '.join(existing)} already exist(s): pass --overwrite to replace, or another --output")
-    try:
-        a.output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the --output folder {a.output.parent}: {exc.strerror}") from None
+    check_output(a.output, inputs, suffix=".ckpt", kind="file")
+    for key, path in paths.items():
+        check_output(path, inputs, flag=f"--output ({key} {path.name})", kind="folder" if key == "work" else "file")
     device = resolve_device(a.device)
     generator, cfg, id_dim = load_generator(a.checkpoint)  # checked before any long work
     lr_scale = learned_lr_scales(a.checkpoint) if a.learned_lr else None
@@ -171,9 +187,20 @@ def personalize(a: PersonalizeOptions) -> dict:
     t0 = time.time()
 
     work = paths["work"]
-    work.mkdir(exist_ok=True)
+    fresh = not work.exists()
+    a.output.parent.mkdir(parents=True, exist_ok=True)
     print(f"preprocessing {len(a.videos)} video(s) into {work / 'shards'} ...")
-    shards = preprocess_videos(a.videos, work, a.identity_backend)
+    try:
+        shards = preprocess_videos(a.videos, work, a.identity_backend)
+    except UserError:
+        if fresh:  # nothing worth keeping: leave no trace of a run that could not start
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    ckpt_dir = work / "checkpoints"
+    data_stamp = read_json(shards / "manifest.json")["inputs_digest"]
+    if (ckpt_dir / "data.json").exists() and read_json(ckpt_dir / "data.json").get("inputs_digest") != data_stamp:
+        shutil.rmtree(ckpt_dir)  # the resume state of fine-tuning on other videos (or their earlier content)
+    atomic_write_json(ckpt_dir / "data.json", {"inputs_digest": data_stamp})
     dm = PersonalVideoDataModule(str(shards), resolution=cfg["model"]["resolution"], batch_size=a.batch_size,
                                  heldout_fraction=a.heldout_fraction, samples_per_epoch=a.steps * a.batch_size,
                                  id_dim=id_dim, seed=a.seed, source_frame=a.source_frame)
@@ -185,7 +212,6 @@ def personalize(a: PersonalizeOptions) -> dict:
     before = heldout_metrics(generator, dm, device, embedder, a.max_eval_frames, keep_frames=True)
 
     module = PersonalizeModule(cfg, id_dim, a.lr, generator, lr_scale)
-    ckpt_dir = work / "checkpoints"
     best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/loss", mode="min", save_top_k=1,
                            save_last=True)
     val_batches = max(1, math.ceil(a.max_eval_frames / a.batch_size))
@@ -197,6 +223,8 @@ def personalize(a: PersonalizeOptions) -> dict:
                                                        check_finite=True)],
                         enable_model_summary=False, deterministic=False)
     last = ckpt_dir / "last.ckpt"
+    if last.exists():
+        check_resumable(last)
     t1 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None, weights_only=True)
     t_train = time.time() - t1

@@ -14,7 +14,10 @@
    (held-out PSNR, SSIM and identity similarity before and after, steps, wall time) and
    OUT.preview.mp4 (held-out frames: real | before | after).
 An interrupted run resumes from OUT.work/checkpoints/last.ckpt when re-run with the same arguments.
-Nothing is written under OUT's names until the end, and an existing OUT is kept unless --overwrite.
+Nothing is written under OUT's names until the end, and an existing OUT is kept unless --overwrite. A video
+replaced or changed at the same path since an earlier run is preprocessed again (the work folder records each
+input's size, time and a hash of its ends); a damaged video (fewer frames than its container declares) is used
+with a warning that gives the numbers.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import argparse
 from pathlib import Path
 
 from data_modules.shards import SOURCE_FRAMES
+from src.arguments import Parser, bounded, count, fraction, positive_float, positive_int
 from src.config import CHOICES
 from src.errors import cli_entry
 from src.faces.identity import BACKENDS
@@ -30,37 +34,41 @@ from src.personalization import PersonalizeOptions, personalize
 
 def parse_args(argv=None) -> argparse.Namespace:
     d = PersonalizeOptions(Path("in.ckpt"), [], Path("out.ckpt"))  # the defaults
-    p = argparse.ArgumentParser(prog="python -m src.personalize", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    p = Parser(prog="python -m src.personalize", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="\n\n".join(__doc__.split("\n\n")[2:]))
     p.add_argument("--checkpoint", required=True, type=Path,
                    help="generator checkpoint (stage1/refine, meta or personalize)")
     p.add_argument("--video", required=True, nargs="+", type=Path, help="video(s) of the person")
     p.add_argument("--output", required=True, type=Path, help="personalized checkpoint to write (OUT.ckpt)")
-    p.add_argument("--steps", type=int, default=d.steps, help="most optimisation steps (default %(default)s)")
-    p.add_argument("--time-budget", type=float, default=d.time_budget,
-                   help="most seconds of fine-tuning (default: none)")
+    p.add_argument("--steps", type=positive_int, default=d.steps,
+                   help="most optimisation steps, >= 1 (default %(default)s)")
+    p.add_argument("--time-budget", type=positive_float, default=d.time_budget,
+                   help="most seconds of fine-tuning, > 0 (default: none)")
     p.add_argument("--device", default=d.device, help="auto (cuda when available) | cpu | cuda | cuda:N")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (warp parameters at optim.warp_lr_mult of it)")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=">= 1 (default %(default)s)")
+    p.add_argument("--lr", type=bounded(float, 0, 1, low_open=True), default=d.lr,
+                   help="learning rate, in (0, 1] (warp parameters at optim.warp_lr_mult of it)")
     p.add_argument("--learned-lr", action=argparse.BooleanOptionalAction, default=d.learned_lr,
                    help="apply the per-tensor rate multipliers a meta checkpoint learned (meta.learn_inner_lr), "
                         "when it has them")
-    p.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction,
-                   help="tail of every clip kept for validation")
+    p.add_argument("--heldout-fraction", type=fraction, default=d.heldout_fraction,
+                   help="tail of every clip kept for validation, in (0, 1) (default %(default)s)")
     p.add_argument("--source-frame", choices=SOURCE_FRAMES, default=d.source_frame,
                    help="held-out frames are driven from this frame of each clip: typical (the training frame nearest "
                         "the clip's median landmarks, default) or first")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between held-out evaluations")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="stop after this many steps without held-out improvement")
-    p.add_argument("--max-eval-frames", type=int, default=d.max_eval_frames, help="held-out frames used per evaluation")
+    p.add_argument("--eval-every", type=positive_int, default=d.eval_every,
+                   help="steps between held-out evaluations, >= 1 (default %(default)s)")
+    p.add_argument("--patience", type=positive_int, default=d.patience,
+                   help="stop after this many steps without held-out improvement, >= 1 (default %(default)s)")
+    p.add_argument("--max-eval-frames", type=positive_int, default=d.max_eval_frames,
+                   help="held-out frames used per evaluation, >= 1 (default %(default)s)")
     p.add_argument("--identity-backend", default=d.identity_backend, choices=BACKENDS,
                    help="must give the embedding dimension the checkpoint was trained with")
     p.add_argument("--perceptual", choices=CHOICES["loss.perceptual"], default=d.perceptual,
                    help="fine-tuning loss (default: the checkpoint's own)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=count, default=d.seed)
     return p.parse_args(argv)
 
 

@@ -13,7 +13,6 @@ Two phases, both resumable (the shard layout is data_modules/shard_writer.py's):
 """
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import time
@@ -37,7 +36,7 @@ from data_modules.shard_writer import (
 from src.errors import UserError
 from src.faces.identity import backend_choice, embedding_dim
 from src.faces.tracking import CROP_SCALE, crop_box, crop_frame, detect_sampled, main_track
-from src.files import atomic_write_json
+from src.files import atomic_write_json, fingerprint, read_json, remove_partials
 from src.paths import check_output, require_dir
 
 VIDEO_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
@@ -56,7 +55,17 @@ class Options:
     id_frames: int = 3
     identity_backend: str = "auto"  # resolved to insightface-arcface or dlib-resnet before work starts
     jpeg_quality: int = 95
+    keep_damaged: bool = False      # a clip with fewer frames than its container declares: kept (else rejected)
     version: int = FORMAT_VERSION
+
+    def __post_init__(self):  # the command line checks these when it parses; a caller of preprocess() gets this
+        bad = [name for name, ok in (("resolution", self.resolution >= 16), ("sr_resolution", self.sr_resolution >= 16),
+                                     ("sr_min_scale", self.sr_min_scale > 0), ("max_frames", self.max_frames >= 0),
+                                     ("min_frames", self.min_frames >= 1), ("min_face", self.min_face >= 1),
+                                     ("detect_every", self.detect_every >= 1), ("id_frames", self.id_frames >= 1),
+                                     ("jpeg_quality", 1 <= self.jpeg_quality <= 100)) if not ok]
+        if bad:
+            raise UserError(f"preprocessing options out of range: {', '.join(bad)}")
 
 
 class Reject(Exception):
@@ -68,7 +77,11 @@ def discover(root: Path, splits: list[str]) -> list[ClipJob]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"--input {root} is not a folder")
-    vox = [s for s in splits if (root / s / "mp4").is_dir()]
+    found = sorted(p.name for p in root.iterdir() if (p / "mp4").is_dir())  # VoxCeleb2's <split>/mp4 folders
+    missing = [s for s in splits if s not in found]
+    if found and missing:  # a mistyped split would otherwise read the whole tree as a plain folder of videos
+        raise UserError(f"--splits {','.join(missing)}: no such split under {root} (found: {', '.join(found)})")
+    vox = [s for s in splits if s in found]
     jobs = []
     if vox:
         for split in vox:
@@ -91,7 +104,7 @@ def process_clip(job: ClipJob, opts: Options, embedder) -> tuple[dict, dict]:
     from src.faces.align import alignment_matrix
     from src.faces.identity import clip_embedding
     from src.faces.landmarks import FaceMesh, centred_face
-    from src.video_io import iter_frames, probe
+    from src.video_io import iter_frames, probe, short_by
 
     timing = {}
     t0 = time.perf_counter()
@@ -109,6 +122,11 @@ def process_clip(job: ClipJob, opts: Options, embedder) -> tuple[dict, dict]:
         truncated = True  # keep the frames decoded before the damage
     if not frames:
         raise Reject("no decodable frames (empty, corrupt or truncated file)")
+    if not (opts.max_frames and len(frames) >= opts.max_frames) and short_by(len(frames), info.declared_frames):
+        truncated = True  # e.g. a cut file whose index (at the front) still lists every frame
+        if not opts.keep_damaged:
+            raise Reject(f"damaged: {len(frames)} of the {info.declared_frames} frames its container declares "
+                         "could be decoded")
     if len(frames) < opts.min_frames:
         raise Reject(f"too few frames: {len(frames)} < {opts.min_frames}")
     timing["decode"] = time.perf_counter() - t0
@@ -159,7 +177,8 @@ def process_clip(job: ClipJob, opts: Options, embedder) -> tuple[dict, dict]:
     meta = {
         "key": job.key, "split": job.split, "identity": job.identity, "video": job.video, "clip": job.clip,
         "source": job.path, "fps": info.fps, "source_size": [info.width, info.height],
-        "decoded_frames": len(frames), "frames": len(kept), "dropped_frames": len(frames) - len(kept),
+        "decoded_frames": len(frames), "declared_frames": info.declared_frames, "frames": len(kept),
+        "dropped_frames": len(frames) - len(kept),
         "truncated": truncated, "faces_seen": most, "face_px": face_px,
         "crop_box": [round(float(v), 2) for v in box], "has_sr": bool(has_sr),
         "timing": {k: round(v, 4) for k, v in timing.items()},
@@ -188,12 +207,16 @@ def run_job(args: tuple[ClipJob, str]) -> tuple[str, str, dict]:
     """Process one clip and write its result file; returns (key, 'ok' | 'reject', info)."""
     job, work = args
     try:
+        source = fingerprint(job.path)  # before reading: a file changed meanwhile is redone by the next run
+    except OSError as exc:
+        return job.key, "reject", write_reject(Path(work), job, f"unreadable: {exc.strerror}")
+    try:
         arrays, meta = process_clip(job, _WORKER["opts"], _WORKER["embedder"])
     except Reject as exc:
-        return job.key, "reject", write_reject(Path(work), job, str(exc))
+        return job.key, "reject", write_reject(Path(work), job, str(exc), source)
     except Exception as exc:  # one bad clip never aborts the run
-        return job.key, "reject", write_reject(Path(work), job, f"error: {type(exc).__name__}: {exc}")
-    write_clip(Path(work), job, arrays, meta)
+        return job.key, "reject", write_reject(Path(work), job, f"error: {type(exc).__name__}: {exc}", source)
+    write_clip(Path(work), job, arrays, {**meta, "input": source})
     return job.key, "ok", meta
 
 
@@ -244,23 +267,24 @@ def preprocess(input: str | Path, output: str | Path, splits: tuple[str, ...] = 
         work.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write to {out}: {exc.strerror}") from None
-    for stale in work.rglob("*.tmp"):  # left by a killed run
-        stale.unlink()
+    remove_partials(work)  # left by a killed run
 
     from src.faces.identity import make_embedder
 
     wanted = options.identity_backend
     backend_name = None
     settings_file = work / "settings.json"
-    if settings_file.exists():
-        backend_name = json.loads(settings_file.read_text())["identity_backend"]
+    recorded = None
+    if settings_file.exists():  # keys added since it was written take their defaults
+        recorded = {**asdict(Options()), **read_json(settings_file, f": delete {out} to preprocess again")}
+        backend_name = str(recorded["identity_backend"])
         if wanted != "auto" and not backend_name.startswith(wanted):
             raise UserError(f"{out} was preprocessed with the {backend_name} identity backend; embeddings of "
                             f"different backends cannot be mixed: use another --output")
     if backend_name is None:
         backend_name = make_embedder(wanted).name
     opts = replace(options, identity_backend=backend_name)
-    if settings_file.exists() and json.loads(settings_file.read_text()) != asdict(opts):
+    if recorded is not None and recorded != asdict(opts):
         raise UserError(f"{out} holds clips preprocessed with other settings ({settings_file}); "
                         f"use another --output or delete {out}")
     atomic_write_json(settings_file, asdict(opts))
@@ -268,7 +292,7 @@ def preprocess(input: str | Path, output: str | Path, splits: tuple[str, ...] = 
 
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+        old = read_json(manifest_path, f": delete it to pack {out} again")
         if old.get("inputs_digest") == inputs_digest(jobs) and old.get("settings") == asdict(opts):
             if not quiet:
                 print(f"{out} is up to date ({sum(s['clips'] for s in old['splits'].values())} clips); nothing to do")

@@ -9,13 +9,14 @@ import os
 import sys
 from pathlib import Path
 
+from src.arguments import Parser
 from src.errors import UserError, cli_entry
 from src.sample_dataset import Settings, build
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = Settings()
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m src.sample",
         description="Build the embedded sample dataset: synthetic head motion, blinks and speech-like jaw "
         "motion rendered on real face photos shipped by installed packages, as 25 fps H.264 clips with "

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from src.errors import UserError
-from src.files import atomic_write_json
+from src.files import atomic_write_json, remove_partials
 
 if TYPE_CHECKING:
     from src.faces.detect import Box
@@ -197,6 +197,7 @@ def build(output: Path, settings: Settings, workers: int = 2, quiet: bool = Fals
     identities, work = plan(settings)
     jobs = work["jobs"]
     # A finished clip is a complete file (written atomically); its motion is re-derived from its seed.
+    remove_partials(output)  # what a killed build was writing
     todo = [j for j in jobs if not clip_path(output, j).exists()]
     results = {}
     from src.synthetic_motion import make_motion_script

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from src.arguments import Parser
 from src.errors import UserError, cli_entry
 from src.files import atomic_write_json
 
@@ -183,9 +184,9 @@ def run_wandb(spec: dict, a: argparse.Namespace) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m src.sweep", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    p = Parser(prog="python -m src.sweep", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="\n\n".join(__doc__.split("\n\n")[2:]))
     p.add_argument("sweep", type=Path, help="a wandb sweep file (lightning_configs/sweeps/*.yaml)")
     p.add_argument("--count", type=int, default=10, help="runs for this agent (default 10)")
     p.add_argument("--local", action="store_true", help="no wandb server: draw values and run trials here")

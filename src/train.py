@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from src.arguments import Parser
 from src.config import CONFIG_DIR, PRESET_GROUPS, compose, list_presets, list_stages
 from src.errors import cli_entry
 
@@ -43,7 +44,7 @@ def help_text() -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m src.train",
         description="Train one stage of MetaPortrait from composed OmegaConf configs.",
         epilog=help_text(),

@@ -55,7 +55,7 @@ def train(stage: str, overrides: Iterable[str] = ()) -> Path:
     check_data_root(cfg.data.root)
     runner = stage_runner(cfg.stage)
     run_dir = prepare_run_dir(run_dir_of(cfg))
-    if is_launch_rank_zero():  # one writer: two ranks renaming one config.yaml.tmp race each other
+    if is_launch_rank_zero():  # one writer: two ranks renaming one config.yaml race each other
         save_config(cfg, run_dir)
         print(f"run folder: {run_dir}")  # once per launch, not once per node
     import lightning as L

@@ -2,7 +2,6 @@
 is always complete."""
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -12,6 +11,7 @@ import av
 import numpy as np
 
 from src.errors import UserError
+from src.files import partial_file
 
 
 @dataclass
@@ -21,6 +21,13 @@ class VideoInfo:
     fps: float
     frames: int
     has_audio: bool
+    declared_frames: int = 0  # what the container's index says (0: it does not say); `frames` may be fewer
+
+
+def short_by(decoded: int, declared: int) -> bool:
+    """Whether `decoded` frames fall short of the `declared` count by more than rounding and an edit list's
+    trimmed frames (2%, at least 2): a damaged file whose index promises more than its data holds."""
+    return declared > 0 and decoded < declared - max(2, 0.02 * declared)
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -30,8 +37,12 @@ def probe(path: str | Path) -> VideoInfo:
                 raise UserError(f"{path} has no video stream")
             v = c.streams.video[0]
             fps = float(v.average_rate or v.guessed_rate or 25)
+            declared = v.frames
+            if not declared and v.duration and v.time_base:  # no count in the index: its duration says as much
+                declared = int(round(float(v.duration * v.time_base) * fps))
             frames = v.frames or sum(1 for _ in c.decode(video=0))
-            return VideoInfo(v.codec_context.width, v.codec_context.height, fps, frames, bool(c.streams.audio))
+            return VideoInfo(v.codec_context.width, v.codec_context.height, fps, frames, bool(c.streams.audio),
+                             declared)
     except av.FFmpegError as exc:
         raise UserError(f"cannot read video {path}: {exc}") from None
 
@@ -77,36 +88,31 @@ def write_video(
     """Encode RGB uint8 frames as H.264 (yuv420p) with an optional mono float32 AAC track.
     Written to a temporary name and renamed, so an interrupted write leaves nothing under `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as c:
-            rate = Fraction(fps).limit_denominator(1001)
-            v = c.add_stream("libx264", rate=rate)
-            v.pix_fmt = "yuv420p"
-            v.options = {"crf": str(crf), "preset": preset}
-            v.thread_count = threads
-            a = None
-            if audio is not None:
-                a = c.add_stream("aac", rate=sample_rate)
-                a.layout = "mono"
-            first = True
-            for img in frames:
-                if first:
-                    v.height, v.width = img.shape[:2]
-                    first = False
-                for packet in v.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                    c.mux(packet)
-            c.mux(v.encode())
-            if a is not None:
-                samples = np.ascontiguousarray(audio.reshape(1, -1).astype(np.float32))
-                step = 1024
-                for start in range(0, samples.shape[1], step):
-                    frame = av.AudioFrame.from_ndarray(samples[:, start : start + step], format="fltp", layout="mono")
-                    frame.sample_rate = sample_rate
-                    frame.pts = start
-                    c.mux(a.encode(frame))
-                c.mux(a.encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with partial_file(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as c:
+        rate = Fraction(fps).limit_denominator(1001)
+        v = c.add_stream("libx264", rate=rate)
+        v.pix_fmt = "yuv420p"
+        v.options = {"crf": str(crf), "preset": preset}
+        v.thread_count = threads
+        a = None
+        if audio is not None:
+            a = c.add_stream("aac", rate=sample_rate)
+            a.layout = "mono"
+        first = True
+        for img in frames:
+            if first:
+                v.height, v.width = img.shape[:2]
+                first = False
+            for packet in v.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                c.mux(packet)
+        c.mux(v.encode())
+        if a is not None:
+            samples = np.ascontiguousarray(audio.reshape(1, -1).astype(np.float32))
+            step = 1024
+            for start in range(0, samples.shape[1], step):
+                frame = av.AudioFrame.from_ndarray(samples[:, start : start + step], format="fltp", layout="mono")
+                frame.sample_rate = sample_rate
+                frame.pts = start
+                c.mux(a.encode(frame))
+            c.mux(a.encode())
     return path

@@ -117,7 +117,7 @@ def test_bad_inputs_give_clear_messages_and_no_partial_output(tiny_generator_ckp
         (["--checkpoint", tiny_generator_ckpt, "--source", blank], "no face found"),
         (["--checkpoint", tiny_generator_ckpt, "--source", tmp_path / "junk.jpg"], "not a readable image"),
         (["--checkpoint", tiny_generator_ckpt, "--source", tmp_path / "missing.jpg"], "does not exist"),
-        (["--checkpoint", portrait, "--source", portrait], "not a readable checkpoint"),
+        (["--checkpoint", portrait, "--source", portrait], "is not a torch checkpoint"),
     ]
     for args, message in cases:
         code, _, err = run(capsys, *args, *base)

@@ -66,7 +66,7 @@ def test_bad_inputs(tiny_generator_ckpt, shards, tmp_path, capsys):
     assert _run(tiny_generator_ckpt, shards, tmp_path / "x", "--split", "nope") == 2
     assert "--split nope is not in" in capsys.readouterr().err
     assert _run(shards / "manifest.json", shards, tmp_path / "x") == 2
-    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert "is not a torch checkpoint" in capsys.readouterr().err
     assert _run(tiny_generator_ckpt, tmp_path / "missing", tmp_path / "x") == 2
     assert not (tmp_path / "x").exists()
     capsys.readouterr()

@@ -84,7 +84,8 @@ def test_substitute_and_region_and_gan_losses():
 
 
 def test_iresnet_loader_maps_every_key_and_names_mismatches(tmp_path):
-    from src.models.iresnet import build_iresnet, load_iresnet
+    from src.checkpoints import load_face_recognition as load_iresnet
+    from src.models.iresnet import build_iresnet
 
     net = build_iresnet("r18", width=8).eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so that a dropped key would show in the output

@@ -122,7 +122,7 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tiny_generator_ckpt, cli
         personalize.personalize(personalize.parse_options(_args(warp_only, clip, out)))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match="is not a torch checkpoint"):
         personalize.personalize(personalize.parse_options(_args(junk, clip, out)))
     assert not out.exists() and not (tmp_path / "x.report.json").exists() and not (tmp_path / "x.preview.mp4").exists()
     assert personalize.main(_args(tiny_generator_ckpt, tmp_path / "missing.mp4", out)) == 2

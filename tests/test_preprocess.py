@@ -94,12 +94,12 @@ def test_rerun_does_not_reprocess_and_resumes(tmp_path, preprocess_input, shards
 
     # an interrupted run: one clip unfinished (its temp file left behind) and no manifest yet
     victim = sorted(work.rglob("*.npz"))[3]
-    victim.rename(victim.with_name(victim.name + ".tmp"))
+    victim.rename(victim.with_name(f".{victim.name}.k1ll3d.partial"))
     manifest = (shards / "manifest.json").read_bytes()
     (shards / "manifest.json").unlink()
     run(["--input", str(preprocess_input), "--output", str(shards), *PREPROCESS_ARGS])
     after = {p: p.stat().st_mtime_ns for p in work.rglob("*.npz")}
-    assert victim.exists() and not list(work.rglob("*.tmp"))
+    assert victim.exists() and not list(work.rglob(".*.partial"))
     assert all(after[p] == t for p, t in before.items() if p != victim)  # only the victim was redone
     new = json.loads((shards / "manifest.json").read_bytes())
     assert {c["key"] for c in new["clips"]} == {c["key"] for c in json.loads(manifest)["clips"]}

@@ -103,13 +103,13 @@ def test_deterministic_resumable_and_built_once(small_sample, small_sample_setti
     # an interrupted build: one clip missing and a partial file left behind
     victim = _clips(other)[2]
     victim.unlink()
-    (victim.parent / ".00001.partial.mp4").write_bytes(b"half a file")
+    (victim.parent / ".00001.mp4.x1y2z3.partial").write_bytes(b"half a file")
     (other / META_NAME).unlink()
     mtimes = {p: p.stat().st_mtime_ns for p in _clips(other)}
     build(other, small_sample_settings, workers=1, quiet=True)
     assert _md5s(other) == _md5s(small_sample)
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # finished clips were not redone
-    assert not list(other.rglob(".*.partial.mp4"))  # the partial file was replaced by the finished clip
+    assert not list(other.rglob(".*.partial"))  # the partial file was cleared, the clip written again
 
     # a finished dataset is not rebuilt; other settings into the same folder are refused
     r = subprocess.run([sys.executable, "-m", "src.sample", "--output", str(other), "--seed", "7",

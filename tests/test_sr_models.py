@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from src.checkpoints import load_sr_prior
 from src.config import compose
 from src.errors import UserError
 from src.metrics.temporal import warping_error
-from src.models.stylegan2 import StyleGAN2Decoder, load_prior
+from src.models.stylegan2 import StyleGAN2Decoder
 from src.models.temporal_sr import build_sr
 
 
@@ -69,17 +70,17 @@ def test_prior_loader_maps_every_key_of_the_published_layout(tmp_path):
     state["conv_body_first.weight"] = torch.zeros(1)  # GFPGAN's own encoder: not part of the prior
     torch.save({"params_ema": state}, tmp_path / "GFPGANv1.3.pth")
     model = build_sr(compose("sr", ["model=tiny"]).model)
-    n = load_prior(model.decoder, tmp_path / "GFPGANv1.3.pth")
+    n = load_sr_prior(model.decoder, tmp_path / "GFPGANv1.3.pth")
     assert n == len(published.state_dict()) == len(model.decoder.state_dict())
     for k, v in published.state_dict().items():
         assert torch.equal(model.decoder.state_dict()[k], v), k
     # a bare StyleGAN2-clean state dict works too; another width is refused with the shapes named
     torch.save(published.state_dict(), tmp_path / "clean.pth")
-    assert load_prior(model.decoder, tmp_path / "clean.pth") == n
+    assert load_sr_prior(model.decoder, tmp_path / "clean.pth") == n
     other = StyleGAN2Decoder(128, style_dim=64, num_mlp=2, channel_multiplier=1, narrow=1 / 8)
     torch.save(other.state_dict(), tmp_path / "wide.pth")
     with pytest.raises(UserError, match="shape mismatch"):
-        load_prior(model.decoder, tmp_path / "wide.pth")
+        load_sr_prior(model.decoder, tmp_path / "wide.pth")
 
 
 def test_a_loaded_prior_is_frozen_and_renders_the_whole_image(tmp_path):

@@ -56,7 +56,7 @@ class IdentityLoss:
 
 
 def build_identity_loss(loss_cfg) -> IdentityLoss:
-    from src.models.iresnet import load_iresnet
+    from src.checkpoints import load_face_recognition
 
     if not loss_cfg.identity_weights:
         from src.errors import UserError
@@ -64,4 +64,4 @@ def build_identity_loss(loss_cfg) -> IdentityLoss:
         raise UserError("refine.identity_weight > 0 needs a face-recognition network: set loss.identity_weights "
                         "to arcface_torch's backbone.pth (e.g. ms1mv3_arcface_r50_fp16, loss.identity_arch=r50); "
                         "there is no offline substitute, so set refine.identity_weight=0 without it")
-    return IdentityLoss(load_iresnet(loss_cfg.identity_weights, loss_cfg.identity_arch))
+    return IdentityLoss(load_face_recognition(loss_cfg.identity_weights, loss_cfg.identity_arch))

@@ -40,7 +40,7 @@ def vgg19_features() -> nn.Sequential:
 def find_vgg19_weights(path: str | None, download: bool = True) -> Path:
     if path:
         if not Path(path).is_file():
-            raise UserError(f"loss.vgg19_weights={path} does not exist")
+            raise UserError(f"loss.vgg19_weights={path} does not exist" + (" as a file" if Path(path).exists() else ""))
         return Path(path)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
     if not cached.is_file() and download:
@@ -59,11 +59,13 @@ def find_vgg19_weights(path: str | None, download: bool = True) -> Path:
 
 def load_vgg19(path: str | Path) -> nn.Sequential:
     """VGG19 features up to relu5_1 with weights from a torchvision-format state dict (weights_only)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from src.checkpoints import read_checkpoint
+
+    state = read_checkpoint(path, what="loss.vgg19_weights")
     net = vgg19_features()
     wanted = {k for k in net.state_dict()}
     mapped = {k[len("features."):]: v for k,
-              v in state.items() if k.startswith("features.") and k[len("features."):] in wanted}
+              v in state.items() if isinstance(k, str) and k.startswith("features.") and k[len("features."):] in wanted}
     missing = sorted(wanted - set(mapped))
     if missing:
         names = ", ".join("features." + m for m in missing[:4])

@@ -67,18 +67,13 @@ def build_iresnet(arch: str = "r50", width: int = 64) -> IResNet:
     return IResNet(LAYERS[arch], width)
 
 
-def load_iresnet(path: str | Path, arch: str = "r50") -> IResNet:
-    """An IResNet with the weights of an arcface_torch `backbone.pth` (a plain state dict), in eval mode and
-    frozen. Every key must be present with its shape; otherwise the error names the keys that differ."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"face-recognition weights {path} do not exist (arcface_torch's backbone.pth, "
-                        f"architecture {arch}; see README, 'Identity loss')")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
+def load_iresnet_state(state: dict, path: str | Path, arch: str = "r50") -> IResNet:
+    """An IResNet with the weights `state` of an arcface_torch `backbone.pth` (a plain state dict, read from `path`
+    by src.checkpoints.load_face_recognition), in eval mode and frozen. Every key must be present with its shape;
+    otherwise the error names the keys that differ."""
+    if isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path} is not a state dict")
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     width = state["conv1.weight"].shape[0] if "conv1.weight" in state else 64  # 64 in every published file
     net = build_iresnet(arch, width)
     target = net.state_dict()

@@ -146,18 +146,16 @@ class StyleGAN2Decoder(nn.Module):
 PRIOR_PREFIX = "stylegan_decoder."
 
 
-def load_prior(decoder: StyleGAN2Decoder, path: str | Path) -> int:
-    """Load a StyleGAN2 decoder from a GFPGAN v1.3-format file (`params_ema`/`params`, keys under
-    `stylegan_decoder.`) or a bare StyleGAN2-clean state dict; every decoder key must be present with its
-    shape. Returns the number of tensors loaded."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sr.prior={path} does not exist (GFPGANv1.3.pth or a StyleGAN2-clean state dict)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_prior_state(decoder: StyleGAN2Decoder, state: dict, path: str | Path) -> int:
+    """Load a StyleGAN2 decoder from the contents `state` of a GFPGAN v1.3-format file (`params_ema`/`params`, keys
+    under `stylegan_decoder.`) or of a bare StyleGAN2-clean state dict (read from `path` by
+    src.checkpoints.load_sr_prior); every decoder key must be present with its shape. Returns the number of tensors
+    loaded."""
     for key in ("params_ema", "params", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
             break
+    state = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if any(k.startswith(PRIOR_PREFIX) for k in state):
         state = {k[len(PRIOR_PREFIX):]: v for k, v in state.items() if k.startswith(PRIOR_PREFIX)}
     target = decoder.state_dict()

@@ -21,10 +21,10 @@ from omegaconf import OmegaConf
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from src.checkpoints import load_sr_prior
 from src.images import to_uint8
 from src.losses.perceptual import VGGPerceptualLoss, build_perceptual
 from src.losses.style import style_loss
-from src.models.stylegan2 import load_prior
 from src.models.temporal_sr import build_sr
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class TemporalSRModule(L.LightningModule):
         self.net = build_sr(self.cfg.model)
         self.ema_target = self.net
         if self.cfg.sr.prior:
-            n = load_prior(self.net.decoder, self.cfg.sr.prior)
+            n = load_sr_prior(self.net.decoder, self.cfg.sr.prior)
             self.net.decoder.requires_grad_(False)
             log.info("SR prior: %d tensors from %s, frozen", n, self.cfg.sr.prior)
         self.perceptual = build_perceptual(self.cfg.loss)

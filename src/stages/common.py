@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.handoff import CheckpointHandoff
 from callbacks.media import MediaLogger
 from callbacks.throughput import ThroughputMonitor
+from src.checkpoints import check_resumable
 from src.trainer import build_trainer
 
 
@@ -36,6 +37,8 @@ def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | No
     callbacks = [MediaLogger(run_dir / "media"), ThroughputMonitor(), CheckpointHandoff(record_dir, stage, last),
                  *(callbacks or [])]
     trainer = build_trainer(cfg, run_dir, callbacks=callbacks, **overrides)
+    if resume:
+        check_resumable(resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     return trainer, last
 

@@ -28,7 +28,7 @@ def run_meta(cfg: DictConfig, run_dir: Path) -> Path:
     init = read_record(run_dir)["stages"].get("meta", {}).get("init")
     if resume_checkpoint(run_dir) is None:  # a fresh run: warm start (a resumed one has its own weights)
         init, upstream = resolve_start(cfg.meta.init, cfg.output_root, ("refine",))
-        n = load_weights(module, init, GENERATOR, GENERATOR)
+        n = load_weights(module, init, GENERATOR, GENERATOR, what="meta.init")
         if module.discriminator is not None:
             load_weights(module, init, DISCRIMINATOR, DISCRIMINATOR)
         if module.inner_log_lr is not None:  # a meta init's learned rates go on; a stage-1 init has none

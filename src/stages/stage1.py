@@ -35,7 +35,7 @@ def run_refine(cfg: DictConfig, run_dir: Path, init: str | None = None, max_epoc
     module = RefinerModule(stage_cfg(cfg, "refine"), dm.id_dim)
     init = init or cfg.refine.init
     if init and resume_checkpoint(run_dir) is None:  # warm start only a fresh run
-        load_weights(module, init, WARPER, GENERATOR + WARPER)
+        load_weights(module, init, WARPER, GENERATOR + WARPER, what="refine.init")
     _, last = fit(module, cfg, run_dir, dm, max_epochs, record=record)
     return last
 
