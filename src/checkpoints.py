@@ -45,7 +45,8 @@ def read_checkpoint(path: str | Path, mmap: bool = False, what: str = "checkpoin
         raise UserError(f"{what} {path} {why}") from None
     except Exception as exc:  # a torn zip, a truncated file, another format
         why = "is truncated or damaged" if zipped else "is not a torch checkpoint"
-        raise UserError(f"{what} {path} {why} ({type(exc).__name__}: {str(exc).splitlines()[0][:100]})") from None
+        detail = (str(exc).splitlines() or [""])[0].split(". ")[0][:120]  # torch's first sentence, not its advice
+        raise UserError(f"{what} {path} {why} ({type(exc).__name__}: {detail})") from None
     if not isinstance(state, dict):
         raise UserError(f"{what} {path} holds a {type(state).__name__}, not a checkpoint (a dict)")
     return state
@@ -107,19 +108,20 @@ def require_mesh_prior(path: Path, trained_cfg: dict, wanted: bool, hint: str = 
 
 
 # ------------------------------------------------------------------------------------------ generators
-def load_generator(checkpoint: str | Path, mesh_prior: bool | None = None):
+def load_generator(checkpoint: str | Path, mesh_prior: bool | None = None, what: str = "checkpoint"):
     """(generator with the checkpoint's weights, its config, id_dim) from a refine/meta/personalize checkpoint.
-    `mesh_prior`: None takes the checkpoint as it was trained; True or False requires it (an error otherwise)."""
+    `mesh_prior`: None takes the checkpoint as it was trained; True or False requires it (an error otherwise).
+    `what`: the flag or config key it came from, for the messages."""
     from src.config import CONFIG_DIR
     from src.models.generator import build_generator
 
     path = Path(checkpoint)
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, what=what)
     hp = section(state, "hyper_parameters")
     weights = prefixed(state, GENERATOR)
     if not weights or not isinstance(section(hp, "cfg").get("model"), dict) or not isinstance(hp.get("id_dim"), int):
         kind = ("a warp-stage checkpoint (no refiner)" if prefixed(state, WARPER) else "not a generator checkpoint")
-        raise UserError(f"{path} is {kind}: give a checkpoint of the refine, stage1, meta or personalize stage")
+        raise UserError(f"{what} {path} is {kind}: give a checkpoint of the refine, stage1, meta or personalize stage")
     cfg, id_dim = hp["cfg"], int(hp["id_dim"])
     if mesh_prior is not None:
         require_mesh_prior(path, cfg, mesh_prior)

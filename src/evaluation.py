@@ -273,7 +273,8 @@ def check_report_folder(output: Path, inputs: dict[str, Path], overwrite: bool =
     check_output(output, inputs, kind="folder")
     found = [str(Path(output) / f) for f in REPORT_FILES if (Path(output) / f).exists()]
     if found and not overwrite:
-        raise UserError(f"{', '.join(found)} exist(s): pass --overwrite to replace, or another --output")
+        raise UserError(f"{', '.join(found)} {'exists' if len(found) == 1 else 'exist'}: pass --overwrite to replace, "
+                        "or another --output")
     return Path(output)
 
 

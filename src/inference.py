@@ -72,7 +72,7 @@ def read_picture(path: Path) -> np.ndarray:
     try:
         return next(iter(iter_frames(path)))
     except (UserError, StopIteration):
-        raise UserError(f"--source {path}: not a readable image or video") from None
+        raise UserError(f"--source {path} is not a readable image or video") from None
 
 
 def prepare_source(path: Path, resolution: int, embedder) -> Source:

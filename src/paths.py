@@ -73,20 +73,20 @@ def check_output(output: Path, inputs: dict[str, Path | None], flag: str = "--ou
     - overwrite False: it does not exist yet (None: the caller resumes into it);
     - its folder can be created and written (probed now, not after minutes of work)."""
     output = Path(output)
-    for name, path in inputs.items():
-        if path is not None and _overlap(output, Path(path)):
-            raise UserError(f"{flag} {output} overlaps {name} {path}: write the output somewhere else")
-    if suffix is not None and output.suffix.lower() != suffix:
-        raise UserError(f"{flag} {output}: the output is a {suffix} file")
     if kind is not None and output.exists() and output.is_dir() != (kind == "folder"):
         raise UserError(f"{flag} {output} is a {'folder' if output.is_dir() else 'file'}, not a {kind}")
-    if overwrite is False and (output.exists() or output.is_symlink()):
-        raise UserError(f"{flag} {output} exists: pass --overwrite to replace it")
     folder = output if kind == "folder" else output.parent
     while not folder.exists() and folder != folder.parent:  # probe the nearest existing folder: nothing made yet
         folder = folder.parent
     if not folder.is_dir():
         raise UserError(f"cannot write {flag} {output}: {folder} is a file")
+    for name, path in inputs.items():
+        if path is not None and _overlap(output, Path(path)):
+            raise UserError(f"{flag} {output} overlaps {name} {path}: write the output somewhere else")
+    if suffix is not None and output.suffix.lower() != suffix:
+        raise UserError(f"{flag} {output}: the output is a {suffix} file")
+    if overwrite is False and (output.exists() or output.is_symlink()):
+        raise UserError(f"{flag} {output} exists: pass --overwrite to replace it")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {flag} {output}: {folder} is not writable")
     if output.parent.is_dir():

@@ -171,10 +171,12 @@ def personalize(a: PersonalizeOptions) -> dict:
     require_file(a.checkpoint, "--checkpoint")
     for video in a.videos:
         require_file(video, "--video", kind="video")
-    inputs = {"--checkpoint": a.checkpoint, **{f"--video {v}": v for v in a.videos}}
+    inputs = {"--checkpoint": a.checkpoint,
+              **{"--video" + (f" #{i + 1}" if len(a.videos) > 1 else ""): v for i, v in enumerate(a.videos)}}
     existing = [str(p) for k, p in paths.items() if k != "work" and p.exists()]
     if existing and not a.overwrite:
-        raise UserError(f"{', '.join(existing)} already exist(s): pass --overwrite to replace, or another --output")
+        raise UserError(f"{', '.join(existing)} already {'exists' if len(existing) == 1 else 'exist'}: pass "
+                        "--overwrite to replace, or another --output")
     check_output(a.output, inputs, suffix=".ckpt", kind="file")
     for key, path in paths.items():
         check_output(path, inputs, flag=f"--output ({key} {path.name})", kind="folder" if key == "work" else "file")
@@ -188,19 +190,24 @@ def personalize(a: PersonalizeOptions) -> dict:
 
     work = paths["work"]
     fresh = not work.exists()
+    made = next((p for p in reversed(work.parents) if not p.exists()), work)  # the outermost folder made here
     a.output.parent.mkdir(parents=True, exist_ok=True)
     print(f"preprocessing {len(a.videos)} video(s) into {work / 'shards'} ...")
     try:
         shards = preprocess_videos(a.videos, work, a.identity_backend)
     except UserError:
         if fresh:  # nothing worth keeping: leave no trace of a run that could not start
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(made, ignore_errors=True)
         raise
     ckpt_dir = work / "checkpoints"
     data_stamp = read_json(shards / "manifest.json")["inputs_digest"]
     if (ckpt_dir / "data.json").exists() and read_json(ckpt_dir / "data.json").get("inputs_digest") != data_stamp:
         shutil.rmtree(ckpt_dir)  # the resume state of fine-tuning on other videos (or their earlier content)
-    atomic_write_json(ckpt_dir / "data.json", {"inputs_digest": data_stamp})
+    if not (ckpt_dir / "data.json").exists():
+        atomic_write_json(ckpt_dir / "data.json", {"inputs_digest": data_stamp})
+    last = ckpt_dir / "last.ckpt"
+    if last.exists():  # an interrupted run on these videos: checked now, not after the first evaluation
+        check_resumable(last)
     dm = PersonalVideoDataModule(str(shards), resolution=cfg["model"]["resolution"], batch_size=a.batch_size,
                                  heldout_fraction=a.heldout_fraction, samples_per_epoch=a.steps * a.batch_size,
                                  id_dim=id_dim, seed=a.seed, source_frame=a.source_frame)
@@ -222,9 +229,6 @@ def personalize(a: PersonalizeOptions) -> dict:
                         callbacks=[best, EarlyStopping("val/loss", patience=max(1, a.patience // a.eval_every),
                                                        check_finite=True)],
                         enable_model_summary=False, deterministic=False)
-    last = ckpt_dir / "last.ckpt"
-    if last.exists():
-        check_resumable(last)
     t1 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None, weights_only=True)
     t_train = time.time() - t1

@@ -260,7 +260,8 @@ def preprocess(input: str | Path, output: str | Path, splits: tuple[str, ...] = 
     insightface or dlib (resolved to the backend's full name before work starts)."""
     if not 0 <= node_rank < num_nodes:
         raise UserError(f"--node-rank must be in [0, {num_nodes})")
-    check_output(Path(output), {"--input": require_dir(Path(input), "--input")})  # packing clears OUT/<split>
+    # packing clears OUT/<split>: an output that is, holds or sits inside the input would delete it
+    check_output(Path(output), {"--input": require_dir(Path(input), "--input")}, kind="folder")
     jobs = discover(Path(input), [s for s in splits if s])
     out, work = Path(output), Path(output) / ".work"
     try:

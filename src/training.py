@@ -43,6 +43,18 @@ def check_data_root(root: str) -> None:
         )
 
 
+def check_resume_states(run_dir: Path) -> None:
+    """A one-line error for a damaged resume checkpoint of this run (its stages' folders included), before the run
+    folder is touched: a refused re-run leaves it as it was."""
+    from src.checkpoints import check_resumable
+    from src.stages.common import resume_checkpoint
+
+    for folder in [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir())]:
+        resume = resume_checkpoint(folder)
+        if resume is not None:
+            check_resumable(resume)
+
+
 def train(stage: str, overrides: Iterable[str] = ()) -> Path:
     """Train `stage` with command-line style `overrides` (preset selections and key=value); the run folder.
     A re-run of the same call resumes, and a finished stage is not redone."""
@@ -55,6 +67,7 @@ def train(stage: str, overrides: Iterable[str] = ()) -> Path:
     check_data_root(cfg.data.root)
     runner = stage_runner(cfg.stage)
     run_dir = prepare_run_dir(run_dir_of(cfg))
+    check_resume_states(run_dir)
     if is_launch_rank_zero():  # one writer: two ranks renaming one config.yaml race each other
         save_config(cfg, run_dir)
         print(f"run folder: {run_dir}")  # once per launch, not once per node

@@ -36,9 +36,9 @@ def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | No
     record_dir, stage = record or (run_dir, cfg.stage)
     callbacks = [MediaLogger(run_dir / "media"), ThroughputMonitor(), CheckpointHandoff(record_dir, stage, last),
                  *(callbacks or [])]
-    trainer = build_trainer(cfg, run_dir, callbacks=callbacks, **overrides)
-    if resume:
+    if resume:  # before the trainer exists: a refused resume state prints one line, nothing else
         check_resumable(resume)
+    trainer = build_trainer(cfg, run_dir, callbacks=callbacks, **overrides)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     return trainer, last
 

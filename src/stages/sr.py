@@ -45,7 +45,8 @@ def run_sr(cfg: DictConfig, run_dir: Path) -> Path:
     base = None
     if cfg.sr.lq == "base":
         base, upstream = resolve_start(cfg.sr.init_base, cfg.output_root, ("meta", "refine"))
-        base_res = load_generator(base)[1]["model"]["resolution"]
+        given = "sr.init_base" if cfg.sr.init_base else "the base checkpoint (the latest meta or refine run)"
+        base_res = load_generator(base, what=given)[1]["model"]["resolution"]
         if base_res != cfg.data.resolution:
             raise UserError(f"the base checkpoint {base} renders {base_res}x{base_res} frames but this SR model "
                             f"(model.sr.out_size={cfg.model.sr.out_size}) takes {cfg.data.resolution}x"
