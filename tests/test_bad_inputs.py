@@ -101,7 +101,7 @@ def corpus(tmp_path_factory, fixtures_dir, tiny_generator_ckpt) -> dict[str, Pat
     put("zero_ckpt", "zero.ckpt", b"")
     put("junk_ckpt", "junk.ckpt", b"not a checkpoint\n")
     put("truncated_ckpt", "truncated.ckpt", tiny_generator_ckpt.read_bytes()[:5000])
-    torch.save({"state_dict": {"generator.x": _Payload(c["marker"])}}, put("pickle_ckpt", "pickle.ckpt"))
+    save_checkpoint({"state_dict": {"generator.x": _Payload(c["marker"])}}, put("pickle_ckpt", "pickle.ckpt"))
     torch.save(torch.zeros(3), put("tensor_ckpt", "tensor.ckpt"))
     torch.save([1, 2, 3], put("list_ckpt", "list.ckpt"))
     torch.save({"hello": "world"}, put("dict_ckpt", "dict.ckpt"))
