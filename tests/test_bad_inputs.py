@@ -632,3 +632,16 @@ def test_killed_evaluation_writes_nothing_and_runs_again(corpus, shards, tmp_pat
     code, _, err = _call(evaluate.main, argv, capsys)
     assert code == 0, err
     assert json.loads((out / "metrics.json").read_text()) and not _partials(out)
+
+
+def test_killed_upscaling_leaves_no_partial_and_runs_again(corpus, tmp_path, capsys):
+    frames = [cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) for f in read_frames(corpus["clip"])] * 20
+    video = write_video(tmp_path / "in.mp4", frames, fps=25)
+    out = tmp_path / "out" / "up.mp4"
+    out.parent.mkdir()
+    argv = _upscale_argv(corpus, video, out)
+    _kill_when("src.upscale", argv, lambda _: bool(_partials(out.parent)))  # killed while the mp4 is being written
+    assert not out.exists()
+    code, _, err = _call(upscale.main, argv, capsys)
+    assert code == 0, err
+    assert _frames(out) == len(frames) and not _partials(out.parent)
