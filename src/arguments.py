@@ -48,3 +48,14 @@ positive_int = bounded(int, 1)
 count = bounded(int, 0)                          # 0 allowed (e.g. 0 = no limit)
 positive_float = bounded(float, 0, low_open=True)
 fraction = bounded(float, 0, 1, low_open=True, high_open=True)
+
+
+def odd_window(text: str) -> int:
+    """A window of frames centred on each frame: an odd integer >= 3."""
+    value = bounded(int, 3, 101)(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"{text} is even: a window centred on each frame has an odd length")
+    return value
+
+
+odd_window.__name__ = "int"

@@ -229,13 +229,16 @@ def even_size(img: np.ndarray) -> np.ndarray:
 
 def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_checkpoint: Path | None = None,
             motion: str = "relative", paste: bool = False, batch_size: int = 8, device: str = "auto",
-            identity_backend: str = "auto", overwrite: bool = False, progress: bool = True) -> dict:
+            identity_backend: str = "auto", overwrite: bool = False, progress: bool = True,
+            smooth: int | None = None) -> dict:
     """Drive the portrait `source` (an image, or a video's first frame) with the video `driving` and write the
     mp4 `output` (with the driving clip's audio); a summary of what was done. `motion`: relative (the driver's
     motion on the source's own face) or absolute (the driver's landmarks); `paste`: blend the face back into
-    the full source picture."""
+    the full source picture. `smooth`: a Savitzky-Golay window (odd frames) over the driving landmarks, None
+    for the raw detections (src/faces/smoothing.py)."""
     from src.checkpoints import load_generator, load_sr
     from src.faces.motion import inter_ocular, transfer_motion
+    from src.faces.smoothing import jitter, smooth_landmarks
     from src.paths import check_output, require_file
     from src.video_io import write_video
 
@@ -265,7 +268,8 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         declared = f"the {drv.declared} frames it declares" if drv.declared else "its frames"
         print(f"animate: {driving} is damaged: {len(drv.crops)} of {declared} could be decoded; using those",
               file=sys.stderr)
-    landmarks = transfer_motion(src.landmarks, drv.landmarks, motion)
+    driven = smooth_landmarks(drv.landmarks, smooth) if smooth else drv.landmarks
+    landmarks = transfer_motion(src.landmarks, driven, motion)
     frames = generate(generator, src, landmarks, dev, batch_size, progress=progress)
     if sr is not None:
         frames = super_resolve(sr, frames, sr_cfg["sr"]["window"], dev, progress=progress)
@@ -278,10 +282,12 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
     write_video(output, frames, fps=drv.fps, audio=audio[0], sample_rate=audio[1])
     return {
         "output": str(output), "frames": len(frames), "fps": drv.fps, "size": list(frames[0].shape[1::-1]),
-        "motion": motion, "faces_in_source": src.faces_found, "driving_frames_face_lost": drv.lost,
+        "motion": motion, "smooth": smooth, "faces_in_source": src.faces_found, "driving_frames_face_lost": drv.lost,
         "audio": drv.audio is not None, "super_resolution": sr is not None, "paste_back": paste,
         "inter_ocular": {"source": float(inter_ocular(src.landmarks)),
                          "driving_mean": float(inter_ocular(drv.landmarks).mean()),
                          "used_mean": float(inter_ocular(landmarks).mean())},
+        "driving_jitter_px": {"raw": round(jitter(drv.landmarks, resolution), 4),
+                              "used": round(jitter(driven, resolution), 4)},
         "seconds": round(time.time() - t0, 1),
     }

@@ -209,6 +209,8 @@ ANIMATE_REFUSED = {
     "batch size 0": ("--batch-size", lambda c, o: "0", "out of range"),
     "batch size absurd": ("--batch-size", lambda c, o: "-99999999999", "out of range"),
     "batch size text": ("--batch-size", lambda c, o: "lots", "not an integer"),
+    "smooth window even": ("--smooth", lambda c, o: "4", "is even"),
+    "smooth window too short": ("--smooth", lambda c, o: "1", "out of range"),
     "motion unknown": ("--motion", lambda c, o: "sideways", "invalid choice"),
 }
 

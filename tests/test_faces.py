@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from src.faces import topology as topo
 from src.faces.detect import detect_faces
@@ -53,3 +54,16 @@ def test_real_portrait_landmarks(fixtures_dir):
     # the nose tip lies inside the detected face box
     b = boxes[0]
     assert b.left < lm[1, 0] < b.right and b.top < lm[1, 1] < b.bottom
+
+
+def test_smoothing_keeps_smooth_motion_and_removes_tremble():
+    from src.faces.smoothing import jitter, smooth_landmarks
+
+    t = np.arange(40, dtype=np.float64)[:, None, None]
+    motion = 0.3 + 0.002 * t + 0.0001 * t**2 + np.zeros((1, 478, 3))  # a head moving with constant acceleration
+    np.testing.assert_allclose(smooth_landmarks(motion, 9), motion, atol=1e-6)  # quadratic motion: untouched
+    trembling = motion + np.random.default_rng(0).normal(0, 0.002, motion.shape)
+    assert jitter(smooth_landmarks(trembling, 9), 256) < 0.5 * jitter(trembling, 256)
+    assert np.array_equal(smooth_landmarks(trembling[:3], 9), trembling[:3].astype(np.float32))  # too short
+    with pytest.raises(ValueError, match="odd"):
+        smooth_landmarks(trembling, 4)
