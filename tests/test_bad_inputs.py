@@ -522,6 +522,9 @@ def test_upscale_refuses(corpus, frames_64, tmp_path, capsys):
     refused(upscale.main, _upscale_argv(corpus, corpus["random_mp4"], t / "up.mp4"), capsys,
             "is not a readable image or video", keep, [t / "up.mp4"])
     refused(upscale.main, _upscale_argv(corpus, t / "nope", t / "up"), capsys, "does not exist", keep, [t / "up"])
+    refused(upscale.main, _upscale_argv(corpus, f, Path("/proc/metaportrait-corpus/up")), capsys, "cannot write", keep)
+    refused(upscale.main, _upscale_argv(corpus, corpus["clip"], Path("/proc/metaportrait-corpus/up.mp4")), capsys,
+            "cannot write", keep)
     assert not corpus["marker"].exists()
     # two files that would both be written as f0.png; an unreadable frame
     shutil.copy(corpus["portrait"], f / "f0.jpg")
@@ -564,6 +567,7 @@ def test_evaluate_refuses(corpus, bad_shards, shards, tmp_path, capsys):
         (_evaluate_argv(c, c["clip"], t / "e"), "is a file, not a folder"),
         (_evaluate_argv(c, shards, t / "e", "--split", "nosuch"), "nosuch"),
         (_evaluate_argv(c, shards, c["portrait"]), "is a file, not a folder"),
+        (_evaluate_argv(c, shards, Path("/proc/metaportrait-corpus/e")), "cannot write"),
     ]
     for argv, expect in cases:
         refused(evaluate.main, argv, capsys, expect, keep, [t / "e"])
