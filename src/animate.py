@@ -15,6 +15,11 @@ written with the driving clip's audio.
 measured from its first frame, move the source's own landmarks, so the source keeps its face shape.
 --motion absolute: the driver's landmarks as they are (same-person reenactment).
 --paste-back: the generated face is blended back into the full source picture.
+--motion-parts pose|expression|both: which part of the driver's motion moves the source: its head pose (the
+similarity fitted on points that move only with the skull), its expression (the rest), or both (default).
+--expression-scale S multiplies the expression change: 0 keeps the source's own expression (with --motion
+absolute: the first driving frame's), 1 is as driven, 2 doubles it.
+
 --smooth N: the driving landmarks are smoothed over time by a Savitzky-Golay filter of N frames (odd). On the
 fixture clips the landmarks' tremble drops by 24% (N=5) to 51% (N=13), and they move 0.34 to 1.0 px at 256 from
 the raw detections; the effect on the generated face is smaller and not yet shown (BENCHMARKS.md), so it is
@@ -30,10 +35,11 @@ import argparse
 import json
 from pathlib import Path
 
-from src.arguments import Parser, odd_window, positive_int
+from src.arguments import Parser, bounded, odd_window, positive_int
 from src.errors import cli_entry
 from src.faces.identity import BACKENDS
 from src.faces.motion import MODES as MOTIONS
+from src.faces.motion import PARTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a TemporalSR checkpoint, applied after generation (its input size must be the generator's)")
     p.add_argument("--motion", choices=MOTIONS, default="relative",
                    help="relative: driver's motion on the source's face (default); absolute: driver's landmarks")
+    p.add_argument("--motion-parts", choices=PARTS, default="both",
+                   help="the driver's head pose, its expression, or both (default)")
+    p.add_argument("--expression-scale", type=bounded(float, 0, 3), default=1.0, metavar="S",
+                   help="expression strength in [0, 3]: 0 keeps the source's expression, 1 as driven (default)")
     p.add_argument("--paste-back", action="store_true", help="blend the face back into the full source picture")
     smooth = p.add_mutually_exclusive_group()
     smooth.add_argument("--smooth", type=odd_window, default=None, metavar="N",
@@ -68,7 +78,8 @@ def main(argv=None) -> int:
 
     a = parse_args(argv)
     summary = animate(a.checkpoint, a.source, a.driving, a.output, a.sr_checkpoint, a.motion, a.paste_back,
-                      a.batch_size, a.device, a.identity_backend, a.overwrite, progress=not a.quiet, smooth=a.smooth)
+                      a.batch_size, a.device, a.identity_backend, a.overwrite, progress=not a.quiet, smooth=a.smooth,
+                      motion_parts=a.motion_parts, expression_scale=a.expression_scale)
     print(json.dumps(summary, indent=1))
     return 0
 

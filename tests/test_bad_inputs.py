@@ -211,6 +211,9 @@ ANIMATE_REFUSED = {
     "batch size text": ("--batch-size", lambda c, o: "lots", "not an integer"),
     "smooth window even": ("--smooth", lambda c, o: "4", "is even"),
     "smooth window too short": ("--smooth", lambda c, o: "1", "out of range"),
+    "expression scale negative": ("--expression-scale", lambda c, o: "-1", "must be in [0, 3]"),
+    "expression scale absurd": ("--expression-scale", lambda c, o: "50", "must be in [0, 3]"),
+    "motion parts unknown": ("--motion-parts", lambda c, o: "hair", "invalid choice"),
     "motion unknown": ("--motion", lambda c, o: "sideways", "invalid choice"),
 }
 
