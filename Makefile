@@ -96,6 +96,7 @@ bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md (e
 	$(PY) -m benchmarks.bench_datamodules
 	$(PY) -m benchmarks.bench_mesh_flow
 	$(PY) -m benchmarks.bench_smoothing
+	$(PY) -m benchmarks.bench_controls
 	$(PY) -m benchmarks.bench_stage1
 	$(PY) -m benchmarks.bench_personalize_speed
 	$(PY) -m benchmarks.bench_sr

@@ -19,6 +19,9 @@ measured from its first frame, move the source's own landmarks, so the source ke
 similarity fitted on points that move only with the skull), its expression (the rest), or both (default).
 --expression-scale S multiplies the expression change: 0 keeps the source's own expression (with --motion
 absolute: the first driving frame's), 1 is as driven, 2 doubles it.
+--eyes driving|source|open|closed: whose eyes: the driver's (default), the source's own (no blinks from the
+driver), the driver's widest-open frame held, or shut. --lips driving|source: whose mouth; --lip-scale S
+scales the driver's mouth motion (lips and jaw) for lip-sync strength.
 
 --smooth N: the driving landmarks are smoothed over time by a Savitzky-Golay filter of N frames (odd). On the
 fixture clips the landmarks' tremble drops by 24% (N=5) to 51% (N=13), and they move 0.34 to 1.0 px at 256 from
@@ -38,8 +41,8 @@ from pathlib import Path
 from src.arguments import Parser, bounded, odd_window, positive_int
 from src.errors import cli_entry
 from src.faces.identity import BACKENDS
+from src.faces.motion import EYES_CHOICES, LIPS_CHOICES, PARTS
 from src.faces.motion import MODES as MOTIONS
-from src.faces.motion import PARTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the driver's head pose, its expression, or both (default)")
     p.add_argument("--expression-scale", type=bounded(float, 0, 3), default=1.0, metavar="S",
                    help="expression strength in [0, 3]: 0 keeps the source's expression, 1 as driven (default)")
+    p.add_argument("--eyes", choices=EYES_CHOICES, default="driving",
+                   help="whose eyes: the driver's (default), the source's, held open, or closed")
+    p.add_argument("--lips", choices=LIPS_CHOICES, default="driving", help="whose mouth: the driver's or the source's")
+    p.add_argument("--lip-scale", type=bounded(float, 0, 3), default=1.0, metavar="S",
+                   help="the driver's mouth motion times S, in [0, 3] (default 1)")
     p.add_argument("--paste-back", action="store_true", help="blend the face back into the full source picture")
     smooth = p.add_mutually_exclusive_group()
     smooth.add_argument("--smooth", type=odd_window, default=None, metavar="N",
@@ -69,7 +77,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--identity-backend", default="auto", choices=BACKENDS)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    # combinations that cannot mean anything, refused before any work
+    if a.motion_parts == "pose" and (a.expression_scale != 1.0 or a.eyes != "driving" or a.lips != "driving"
+                                     or a.lip_scale != 1.0):
+        p.error("--motion-parts pose takes no expression: --expression-scale, --eyes, --lips and --lip-scale "
+                "need the expression (both or expression)")
+    if a.lips == "source" and a.lip_scale != 1.0:
+        p.error("--lip-scale scales the driver's mouth motion; with --lips source there is none")
+    return a
 
 
 @cli_entry
@@ -79,7 +95,8 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     summary = animate(a.checkpoint, a.source, a.driving, a.output, a.sr_checkpoint, a.motion, a.paste_back,
                       a.batch_size, a.device, a.identity_backend, a.overwrite, progress=not a.quiet, smooth=a.smooth,
-                      motion_parts=a.motion_parts, expression_scale=a.expression_scale)
+                      motion_parts=a.motion_parts, expression_scale=a.expression_scale, eyes=a.eyes, lips=a.lips,
+                      lip_scale=a.lip_scale)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -230,13 +230,15 @@ def even_size(img: np.ndarray) -> np.ndarray:
 def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_checkpoint: Path | None = None,
             motion: str = "relative", paste: bool = False, batch_size: int = 8, device: str = "auto",
             identity_backend: str = "auto", overwrite: bool = False, progress: bool = True,
-            smooth: int | None = None, motion_parts: str = "both", expression_scale: float = 1.0) -> dict:
+            smooth: int | None = None, motion_parts: str = "both", expression_scale: float = 1.0,
+            eyes: str = "driving", lips: str = "driving", lip_scale: float = 1.0) -> dict:
     """Drive the portrait `source` (an image, or a video's first frame) with the video `driving` and write the
     mp4 `output` (with the driving clip's audio); a summary of what was done. `motion`: relative (the driver's
     motion on the source's own face) or absolute (the driver's landmarks); `paste`: blend the face back into
     the full source picture. `smooth`: a Savitzky-Golay window (odd frames) over the driving landmarks, None
     for the raw detections (src/faces/smoothing.py). `motion_parts` (both, pose, expression) and
-    `expression_scale`: which of the driver's head pose and expression move the source (src/faces/motion.py)."""
+    `expression_scale`: which of the driver's head pose and expression move the source; `eyes`, `lips`,
+    `lip_scale`: whose eyes and mouth, and how strongly (src/faces/motion.py)."""
     from src.checkpoints import load_generator, load_sr
     from src.faces.motion import inter_ocular, transfer_motion
     from src.faces.smoothing import jitter, smooth_landmarks
@@ -270,7 +272,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         print(f"animate: {driving} is damaged: {len(drv.crops)} of {declared} could be decoded; using those",
               file=sys.stderr)
     driven = smooth_landmarks(drv.landmarks, smooth) if smooth else drv.landmarks
-    landmarks = transfer_motion(src.landmarks, driven, motion, motion_parts, expression_scale)
+    landmarks = transfer_motion(src.landmarks, driven, motion, motion_parts, expression_scale, eyes, lips, lip_scale)
     frames = generate(generator, src, landmarks, dev, batch_size, progress=progress)
     if sr is not None:
         frames = super_resolve(sr, frames, sr_cfg["sr"]["window"], dev, progress=progress)
@@ -283,7 +285,8 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
     write_video(output, frames, fps=drv.fps, audio=audio[0], sample_rate=audio[1])
     return {
         "output": str(output), "frames": len(frames), "fps": drv.fps, "size": list(frames[0].shape[1::-1]),
-        "motion": motion, "motion_parts": motion_parts, "expression_scale": expression_scale, "smooth": smooth,
+        "motion": motion, "motion_parts": motion_parts, "expression_scale": expression_scale, "eyes": eyes,
+        "lips": lips, "lip_scale": lip_scale, "smooth": smooth,
         "faces_in_source": src.faces_found, "driving_frames_face_lost": drv.lost,
         "audio": drv.audio is not None, "super_resolution": sr is not None, "paste_back": paste,
         "inter_ocular": {"source": float(inter_ocular(src.landmarks)),

@@ -228,3 +228,36 @@ def test_expression_scale_orders_the_generated_mouth(tiny_generator_ckpt, portra
         wide[scale] = float(np.percentile(mouth_opening(_mesh_of(out)), 90))
     print("90th percentile of the generated mouth's opening per expression scale:", wide)
     assert wide["0"] < 0.5 * wide["1"] and wide["2"] >= wide["1"]
+
+
+def test_eyes_and_lips_controls_on_real_landmarks(portrait, driving_clip):
+    """The fixture driver blinks once and talks: --eyes source keeps the source's eyes open through the blink,
+    open holds them open, closed shuts them; --lip-scale orders the mouth's opening and leaves the eyes alone."""
+    from src.faces.identity import make_embedder
+    from src.faces.motion import eye_opening, mouth_opening
+
+    src = inference.prepare_source(portrait, 256, make_embedder("dlib")).landmarks
+    drv = inference.prepare_driving(driving_clip, 256).landmarks
+    driver_eyes = eye_opening(drv)
+    assert driver_eyes.min() < 0.5 * np.median(driver_eyes)  # the blink
+    eyes = {e: eye_opening(transfer_motion(src, drv, eyes=e)) for e in ("driving", "source", "open", "closed")}
+    assert eyes["driving"].min() < 0.5 * np.median(eyes["driving"])
+    assert np.abs(eyes["source"] - eye_opening(src)).max() < 0.1 * eye_opening(src)
+    assert eyes["open"].min() > 0.9 * np.median(eyes["driving"])
+    assert eyes["closed"].max() < 0.2 * eye_opening(src)
+    mouth = {s: mouth_opening(transfer_motion(src, drv, lip_scale=s)).max() for s in (0.0, 0.5, 1.0, 2.0)}
+    assert mouth[0.0] < mouth[0.5] < mouth[1.0] < mouth[2.0]
+    assert abs(mouth[0.0] - mouth_opening(src)) < 0.01
+    assert np.abs(mouth_opening(transfer_motion(src, drv, lips="source")) - mouth_opening(src)).max() < 0.01
+    np.testing.assert_allclose(eye_opening(transfer_motion(src, drv, lip_scale=2.0)), eyes["driving"], atol=1e-6)
+
+
+def test_controls_that_make_no_sense_are_refused_when_parsed(capsys):
+    base = ["--checkpoint", "c.ckpt", "--source", "s.jpg", "--driving", "d.mp4", "--output", "o.mp4"]
+    for extra, expect in ((["--motion-parts", "pose", "--expression-scale", "2"], "takes no expression"),
+                          (["--motion-parts", "pose", "--eyes", "source"], "takes no expression"),
+                          (["--lips", "source", "--lip-scale", "2"], "with --lips source there is none"),
+                          (["--smooth", "5", "--no-smooth"], "not allowed with")):
+        with pytest.raises(SystemExit) as exc:
+            animate.parse_args([*base, *extra])
+        assert exc.value.code == 2 and expect in capsys.readouterr().err

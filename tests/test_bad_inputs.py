@@ -214,6 +214,8 @@ ANIMATE_REFUSED = {
     "expression scale negative": ("--expression-scale", lambda c, o: "-1", "must be in [0, 3]"),
     "expression scale absurd": ("--expression-scale", lambda c, o: "50", "must be in [0, 3]"),
     "motion parts unknown": ("--motion-parts", lambda c, o: "hair", "invalid choice"),
+    "eyes unknown": ("--eyes", lambda c, o: "winking", "invalid choice"),
+    "lip scale absurd": ("--lip-scale", lambda c, o: "9", "must be in [0, 3]"),
     "motion unknown": ("--motion", lambda c, o: "sideways", "invalid choice"),
 }
 

@@ -20,6 +20,10 @@ part, give
     d_t - d_0 = (P_t(d_0) - d_0)  +  L_t (P_t^-1(d_t) - d_0)
                  head pose            expression, measured in the first frame's pose, carried by the current one
 
+Eyes and lips are the expression term of their own points: `eyes=source` drops it on the eyes (the source's
+own eyes, moved with the head), `open` holds the driver's widest-open frame, `closed` lays each upper lid on
+its lower one; `lips=source` drops it on the lips and the jaw below them, `lip_scale` multiplies it there.
+
 `parts` keeps either term or both and `expression_scale` multiplies the second (0: no expression change, so
 the source keeps its own, or in absolute mode the first driving frame's; 1: as driven; 2: exaggerated). With
 both parts at scale 1 the sum is the motion above, exactly.
@@ -29,6 +33,15 @@ from __future__ import annotations
 import numpy as np
 
 from src.faces.align import similarity_transform
+from src.faces.topology import (
+    LEFT_EYE_LOWER,
+    LEFT_EYE_UPPER,
+    LEFT_IRIS,
+    MOUTH_CORNERS,
+    RIGHT_EYE_LOWER,
+    RIGHT_EYE_UPPER,
+    RIGHT_IRIS,
+)
 
 MODES = ("relative", "absolute")
 PARTS = ("both", "pose", "expression")
@@ -36,22 +49,39 @@ MESH = slice(0, 468)  # the face mesh without the iris points (irises move with 
 # forehead, nose bridge and tip, eye corners, temples and cheek sides: they move with the skull, not with the
 # mouth, the jaw or the brows, so the pose fitted on them is not pulled by an expression
 RIGID = [10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 33, 133, 362, 263, 127, 356, 234, 454]
+EYES_CHOICES = ("driving", "source", "open", "closed")
+LIPS_CHOICES = ("driving", "source")
+UPPER_LIDS, LOWER_LIDS = RIGHT_EYE_UPPER + LEFT_EYE_UPPER, RIGHT_EYE_LOWER + LEFT_EYE_LOWER  # paired in order
+EYES = sorted({*UPPER_LIDS, *LOWER_LIDS, 33, 133, 263, 362, *RIGHT_IRIS, *LEFT_IRIS})
+# MediaPipe's lip contours (FACEMESH_LIPS); with them moves the jaw below the mouth corners (see lower_face)
+LIPS = [0, 13, 14, 17, 37, 39, 40, 61, 78, 80, 81, 82, 84, 87, 88, 91, 95, 146, 178, 181, 185, 191, 267, 269, 270,
+        291, 308, 310, 311, 312, 314, 317, 318, 321, 324, 375, 402, 405, 409, 415]
 
 
 def transfer_motion(source: np.ndarray, driving: np.ndarray, mode: str = "relative", parts: str = "both",
-                    expression_scale: float = 1.0) -> np.ndarray:
+                    expression_scale: float = 1.0, eyes: str = "driving", lips: str = "driving",
+                    lip_scale: float = 1.0) -> np.ndarray:
     """source (478, 3) and driving (T, 478, 3) landmarks, normalised to their crops -> (T, 478, 3)."""
-    if mode not in MODES:
-        raise ValueError(f"motion must be one of {', '.join(MODES)}, got '{mode}'")
-    if parts not in PARTS:
-        raise ValueError(f"motion parts must be one of {', '.join(PARTS)}, got '{parts}'")
+    for name, value, choices in (("motion", mode, MODES), ("motion parts", parts, PARTS),
+                                 ("eyes", eyes, EYES_CHOICES), ("lips", lips, LIPS_CHOICES)):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got '{value}'")
     driving = np.asarray(driving, np.float64)
     delta = driving - driving[:1]
-    if parts != "both" or expression_scale != 1.0:
+    if (parts, expression_scale, eyes, lips, lip_scale) != ("both", 1.0, "driving", "driving", 1.0):
         pose, expression = split_motion(driving)
-        delta = (pose if parts != "expression" else 0) + (expression_scale * expression if parts != "pose" else 0)
+        weight = np.full(driving.shape[1], expression_scale if parts != "pose" else 0.0)
+        mouth = lower_face(driving[0])
+        weight[mouth] *= 0.0 if lips == "source" else lip_scale
+        if eyes == "source":
+            weight[EYES] = 0.0
+        elif eyes == "open":  # the expression of the driver's widest-open frame, carried by each frame's pose
+            widest = int(np.argmax(eye_opening(driving)))
+            held = split_motion(driving, hold=widest)[1]
+            expression[:, EYES] = held[:, EYES]
+        delta = (pose if parts != "expression" else 0) + weight[None, :, None] * expression
     if mode == "absolute":
-        return (driving[:1] + delta).astype(np.float32)
+        return _close_eyes(driving[:1] + delta) if eyes == "closed" else (driving[:1] + delta).astype(np.float32)
     source = np.asarray(source, np.float64)
     s = similarity_transform(driving[0, MESH, :2], source[MESH, :2])
     linear = s[:, :2]
@@ -59,25 +89,49 @@ def transfer_motion(source: np.ndarray, driving: np.ndarray, mode: str = "relati
     out = np.empty_like(driving)
     out[..., :2] = source[None, :, :2] + delta[..., :2] @ linear.T
     out[..., 2] = source[None, :, 2] + scale * delta[..., 2]
+    return _close_eyes(out) if eyes == "closed" else out.astype(np.float32)
+
+
+def _close_eyes(landmarks: np.ndarray, gap: float = 0.1) -> np.ndarray:
+    """Each upper lid brought to `gap` of its distance above its lower lid (a shut eye, the mesh still valid)."""
+    out = np.array(landmarks, np.float64)
+    upper, lower = out[:, UPPER_LIDS], out[:, LOWER_LIDS]
+    out[:, UPPER_LIDS] = lower + gap * (upper - lower)
     return out.astype(np.float32)
 
 
-def split_motion(driving: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def lower_face(landmarks: np.ndarray) -> list[int]:
+    """The lips and the mesh points below the mouth corners (the jaw and chin that move with the mouth)."""
+    below = np.flatnonzero(landmarks[MESH, 1] > landmarks[list(MOUTH_CORNERS), 1].mean())
+    return sorted({*LIPS, *below.tolist()})
+
+
+def eye_opening(landmarks: np.ndarray) -> np.ndarray:
+    """Mean gap between paired upper and lower lid points of both eyes over the inter-ocular distance."""
+    lm = np.asarray(landmarks)
+    gap = np.linalg.norm(lm[..., UPPER_LIDS, :2] - lm[..., LOWER_LIDS, :2], axis=-1).mean(-1)
+    return gap / inter_ocular(lm)
+
+
+def split_motion(driving: np.ndarray, hold: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(pose, expression), each (T, 478, 3), of (T, 478, 3) driving landmarks: the two terms of the module's
-    docstring, which add up to driving - driving[0]. z follows the pose's scale."""
+    docstring, which add up to driving - driving[0]. z follows the pose's scale. `hold`: every frame's
+    expression is that of frame `hold` (measured in the first frame's pose), carried by each frame's own pose."""
     d = np.asarray(driving, np.float64)
     d0 = d[0]
+    fits = [similarity_transform(d0[RIGID, :2], dt[RIGID, :2]) for dt in d]  # P_t: d_0 -> d_t
     pose, expression = np.empty_like(d), np.empty_like(d)
-    for t, dt in enumerate(d):
-        p = similarity_transform(d0[RIGID, :2], dt[RIGID, :2])  # d_0 -> d_t
+    for t, p in enumerate(fits):
         lin, shift = p[:, :2], p[:, 2]
         scale = float(np.sqrt(abs(np.linalg.det(lin))))
-        posed = d0[:, :2] @ lin.T + shift                          # P_t(d_0)
-        pose[t, :, :2] = posed - d0[:, :2]
+        pose[t, :, :2] = d0[:, :2] @ lin.T + shift - d0[:, :2]  # P_t(d_0) - d_0
         pose[t, :, 2] = (scale - 1.0) * d0[:, 2]
-        back = (dt[:, :2] - shift) @ np.linalg.inv(lin).T         # P_t^-1(d_t)
-        expression[t, :, :2] = (back - d0[:, :2]) @ lin.T         # L_t (P_t^-1(d_t) - d_0)
-        expression[t, :, 2] = dt[:, 2] - scale * d0[:, 2]
+        k = t if hold is None else hold
+        lin_k, shift_k = fits[k][:, :2], fits[k][:, 2]
+        scale_k = float(np.sqrt(abs(np.linalg.det(lin_k))))
+        neutral = (d[k, :, :2] - shift_k) @ np.linalg.inv(lin_k).T - d0[:, :2]  # P_k^-1(d_k) - d_0
+        expression[t, :, :2] = neutral @ lin.T                                   # carried by L_t
+        expression[t, :, 2] = scale * (d[k, :, 2] / scale_k - d0[:, 2])
     return pose, expression
 
 

@@ -1,0 +1,61 @@
+"""The animate controls measured where a viewer sees them: MediaPipe run again on the generated frames.
+
+An untrained `demo`-size generator (128 px, seed 0) on the mesh prior, so the face moves by the mesh alone;
+a trained checkpoint would render mouths and lids better, and this is the floor. The source is a fixture
+portrait. The driver is the first `test` fixture clip, 40 frames around its blink. Per control:
+- the eye opening (lid gap over the inter-ocular distance) at the blink and its median, for --eyes;
+- the 90th percentile of the mouth opening, for --expression-scale and --lip-scale.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import FIXTURES, save
+
+
+def main() -> None:
+    import cv2
+    import torch
+    from omegaconf import OmegaConf
+
+    from src.checkpoints import generator_checkpoint, save_checkpoint
+    from src.config import compose
+    from src.faces.landmarks import FaceMesh
+    from src.faces.motion import eye_opening, mouth_opening
+    from src.inference import animate, prepare_driving
+    from src.models.generator import build_generator
+    from src.video_io import read_frames, write_video
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_controls_"))
+    cfg = OmegaConf.to_container(compose("refine", ["model=demo"]), resolve=True)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(generator_checkpoint(build_generator(OmegaConf.create(cfg["model"]), 128), cfg, 128),
+                           tmp / "demo.ckpt")
+    clip = sorted((FIXTURES / "voxceleb2_mini" / "test" / "mp4").glob("*/*/*.mp4"))[0]
+    blink = int(np.argmin(eye_opening(prepare_driving(clip, 256).landmarks)))
+    lo = max(0, blink - 20)
+    driving = write_video(tmp / "driving.mp4", read_frames(clip)[lo:lo + 40], fps=25)
+    portrait = FIXTURES / "portraits" / "portrait_a.jpg"
+
+    def measured(**control) -> np.ndarray:
+        out = tmp / "out.mp4"
+        animate(ckpt, portrait, driving, out, overwrite=True, progress=False, identity_backend="dlib", **control)
+        with FaceMesh(static=True) as mesh:
+            found = [mesh(cv2.resize(f, (256, 256), interpolation=cv2.INTER_CUBIC)) for f in read_frames(out)]
+        return np.stack([f[0] for f in found if f])
+
+    result = {"command": "python -m benchmarks.bench_controls", "frames": 40, "blink_frame": blink - lo}
+    for eyes in ("driving", "source", "open", "closed"):
+        o = eye_opening(measured(eyes=eyes))
+        result[f"eyes_{eyes}"] = {"at_blink": round(float(o[blink - lo]), 4), "median": round(float(np.median(o)), 4)}
+    for key, values in (("expression_scale", (0.0, 1.0, 2.0)), ("lip_scale", (0.0, 0.5, 1.0, 2.0))):
+        result[f"mouth_p90_by_{key}"] = {str(v): round(float(np.percentile(mouth_opening(measured(**{key: v})), 90)), 4)
+                                         for v in values}
+    save("controls", result)
+
+
+if __name__ == "__main__":
+    main()
