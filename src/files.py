@@ -54,16 +54,17 @@ def partial_folder(path: str | Path) -> Iterator[Path]:
 def remove_partials_of(path: str | Path) -> int:
     """Delete the temporary files a killed writer of `path` left beside it (unlinked, never followed); how many."""
     path = Path(path)
-    found = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.partial") if p.is_symlink() or p.is_file()]
-    for p in found:
-        p.unlink(missing_ok=True)
-    return len(found)
+    return _unlink_files(path.parent.glob(f".{glob.escape(path.name)}.*.partial"))
 
 
 def remove_partials(folder: str | Path) -> int:
     """Delete the temporary files a killed job left under `folder` (regular files only; a symlink is unlinked,
     never followed); how many."""
-    found = [p for p in Path(folder).rglob(PARTIAL_GLOB) if p.is_symlink() or p.is_file()]
+    return _unlink_files(Path(folder).rglob(PARTIAL_GLOB))
+
+
+def _unlink_files(paths) -> int:
+    found = [p for p in paths if p.is_symlink() or p.is_file()]
     for p in found:
         p.unlink(missing_ok=True)
     return len(found)

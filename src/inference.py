@@ -243,7 +243,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
     from src.faces.motion import inter_ocular, transfer_motion
     from src.faces.smoothing import jitter, smooth_landmarks
     from src.paths import check_output, require_file
-    from src.video_io import write_video
+    from src.video_io import damage_warning, write_video
 
     output, source, driving = Path(output), Path(source), Path(driving)
     # every input and the output checked before any work (src/paths.py)
@@ -268,9 +268,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         print(f"animate: the face was lost on {drv.lost} of {len(drv.crops)} driving frames; "
               f"held the last good landmarks there", file=sys.stderr)
     if drv.truncated:
-        declared = f"the {drv.declared} frames it declares" if drv.declared else "its frames"
-        print(f"animate: {driving} is damaged: {len(drv.crops)} of {declared} could be decoded; using those",
-              file=sys.stderr)
+        print(damage_warning("animate", driving, len(drv.crops), drv.declared), file=sys.stderr)
     driven = smooth_landmarks(drv.landmarks, smooth) if smooth else drv.landmarks
     landmarks = transfer_motion(src.landmarks, driven, motion, motion_parts, expression_scale, eyes, lips, lip_scale)
     frames = generate(generator, src, landmarks, dev, batch_size, progress=progress)

@@ -64,6 +64,7 @@ def preprocess_videos(videos: list[Path], work: Path, backend: str) -> Path:
     import hashlib
 
     from src.preprocessing import Options, preprocess
+    from src.video_io import damage_warning
 
     inputs = work / "videos"
     inputs.mkdir(parents=True, exist_ok=True)
@@ -87,8 +88,8 @@ def preprocess_videos(videos: list[Path], work: Path, backend: str) -> Path:
         raise UserError(f"no usable face video among {', '.join(map(str, videos))}: {why}")
     for clip in manifest["clips"]:
         if clip.get("truncated"):
-            print(f"personalize: {clip['source']} is damaged: {clip['decoded_frames']} of the "
-                  f"{clip.get('declared_frames') or '?'} frames it declares could be decoded; using those",
+            video = wanted.get(Path(clip["source"]).name, clip["source"])  # the user's file, not its link
+            print(damage_warning("personalize", video, clip["decoded_frames"], clip.get("declared_frames") or 0),
                   file=sys.stderr)
     return shards
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from src.arguments import Parser, bounded, count, positive_float, positive_int
 from src.errors import cli_entry
+from src.faces.identity import BACKENDS
 from src.preprocessing import Options, preprocess
 
 
@@ -41,7 +42,7 @@ def parse_args(argv):
     p.add_argument("--sr-min-scale", type=positive_float, default=d.sr_min_scale,
                    help="store the SR crop when the source crop is at least this fraction of --sr-resolution, > 0")
     p.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1), help=">= 1")
-    p.add_argument("--identity-backend", default="auto", choices=["auto", "insightface", "dlib"])
+    p.add_argument("--identity-backend", default="auto", choices=BACKENDS)
     p.add_argument("--max-frames-per-clip", type=count, default=0, help="0: all frames (default)")
     p.add_argument("--min-frames", type=positive_int, default=d.min_frames,
                    help="fewer frames with landmarks reject a clip, >= 1 (default %(default)s)")

@@ -24,6 +24,12 @@ class VideoInfo:
     declared_frames: int = 0  # what the container's index says (0: it does not say); `frames` may be fewer
 
 
+def damage_warning(command: str, path, decoded: int, declared: int) -> str:
+    """The one wording of 'this video decoded to fewer frames than it declares; the rest is used'."""
+    of = f"the {declared} frames it declares" if declared else "its frames"
+    return f"{command}: {path} is damaged: {decoded} of {of} could be decoded; using those"
+
+
 def short_by(decoded: int, declared: int) -> bool:
     """Whether `decoded` frames fall short of the `declared` count by more than rounding and an edit list's
     trimmed frames (2%, at least 2): a damaged file whose index promises more than its data holds."""

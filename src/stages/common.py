@@ -8,7 +8,6 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.handoff import CheckpointHandoff
 from callbacks.media import MediaLogger
 from callbacks.throughput import ThroughputMonitor
-from src.checkpoints import check_resumable
 from src.trainer import build_trainer
 
 
@@ -23,7 +22,8 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
 
 def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | None = None, callbacks=None,
         record: tuple[Path, str] | None = None, gradient_clip_val: float | None = None):
-    """fit with resume: a `last.ckpt` in this stage's folder means an interrupted run to continue.
+    """fit with resume: a `last.ckpt` in this stage's folder means an interrupted run to continue (src.training
+    checked it before the run folder was touched: check_resume_states).
     record=(folder, stage): the stages.json entry the trainer keeps up to date (callbacks/handoff.py);
     by default run_dir/stages.json under the config's stage name. gradient_clip_val: for a module optimised
     automatically (sr); the manually optimised ones clip inside their training_step, by their stage's
@@ -36,8 +36,6 @@ def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | No
     record_dir, stage = record or (run_dir, cfg.stage)
     callbacks = [MediaLogger(run_dir / "media"), ThroughputMonitor(), CheckpointHandoff(record_dir, stage, last),
                  *(callbacks or [])]
-    if resume:  # before the trainer exists: a refused resume state prints one line, nothing else
-        check_resumable(resume)
     trainer = build_trainer(cfg, run_dir, callbacks=callbacks, **overrides)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     return trainer, last
