@@ -97,6 +97,8 @@ bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md (e
 	$(PY) -m benchmarks.bench_mesh_flow
 	$(PY) -m benchmarks.bench_smoothing
 	$(PY) -m benchmarks.bench_controls
+	$(PY) -m benchmarks.bench_paste
+	$(PY) -m benchmarks.bench_stream
 	$(PY) -m benchmarks.bench_stage1
 	$(PY) -m benchmarks.bench_personalize_speed
 	$(PY) -m benchmarks.bench_sr

@@ -5,6 +5,8 @@ a trained checkpoint would render mouths and lids better, and this is the floor.
 portrait. The driver is the first `test` fixture clip, 40 frames around its blink. Per control:
 - the eye opening (lid gap over the inter-ocular distance) at the blink and its median, for --eyes;
 - the 90th percentile of the mouth opening, for --expression-scale and --lip-scale.
+It also draws docs/controls_grid.jpg, the README's picture: rows of output frames for --expression-scale 0, 1,
+2 and --eyes driving, source, closed, at the driver's widest mouth frames and its blink.
 """
 from __future__ import annotations
 
@@ -40,11 +42,15 @@ def main() -> None:
     driving = write_video(tmp / "driving.mp4", read_frames(clip)[lo:lo + 40], fps=25)
     portrait = FIXTURES / "portraits" / "portrait_a.jpg"
 
+    drawn = {}
+
     def measured(**control) -> np.ndarray:
         out = tmp / "out.mp4"
         animate(ckpt, portrait, driving, out, overwrite=True, progress=False, identity_backend="dlib", **control)
+        frames = read_frames(out)
+        drawn[tuple(control.items())] = frames
         with FaceMesh(static=True) as mesh:
-            found = [mesh(cv2.resize(f, (256, 256), interpolation=cv2.INTER_CUBIC)) for f in read_frames(out)]
+            found = [mesh(cv2.resize(f, (256, 256), interpolation=cv2.INTER_CUBIC)) for f in frames]
         return np.stack([f[0] for f in found if f])
 
     result = {"command": "python -m benchmarks.bench_controls", "frames": 40, "blink_frame": blink - lo}
@@ -55,6 +61,28 @@ def main() -> None:
         result[f"mouth_p90_by_{key}"] = {str(v): round(float(np.percentile(mouth_opening(measured(**{key: v})), 90)), 4)
                                          for v in values}
     save("controls", result)
+    driver_mouth = mouth_opening(prepare_driving(driving, 256).landmarks)
+    columns = sorted([0, *np.argsort(driver_mouth)[-3:].tolist(), blink - lo])
+    draw_grid(drawn, columns, Path("docs/controls_grid.jpg"))
+
+
+def draw_grid(drawn: dict, columns: list[int], path: Path) -> None:
+    """Rows of output frames per control, labelled, as a small JPEG."""
+    import cv2
+
+    rows = [(("expression_scale", 0.0),), (("expression_scale", 1.0),), (("expression_scale", 2.0),),
+            (("eyes", "driving"),), (("eyes", "source"),), (("eyes", "closed"),)]
+    lines = []
+    for row in rows:
+        frames = drawn[row]
+        label = np.full((frames.shape[1], 150, 3), 255, np.uint8)
+        text = f"--{row[0][0].replace('_', '-')}"
+        cv2.putText(label, text, (4, 50), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(label, str(row[0][1]), (4, 72), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        lines.append(np.concatenate([label, *(frames[c] for c in columns)], axis=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.concatenate(lines, axis=0)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+    print(f"wrote {path} (frames {columns})")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     python -m src.animate --checkpoint CKPT --source IMAGE_OR_VIDEO --driving VIDEO --output OUT.mp4
                           [--sr-checkpoint SR.ckpt] [--motion relative|absolute] [--paste-back]
-                          [--batch-size N] [--device auto|cpu|cuda]
+                          [--face largest|all|INDEX] [--video-to-video] [--batch-size N] [--device auto|cpu|cuda]
+    python -m src.animate --source IMAGE --list-faces
 
 From raw files, with the preprocessing code: the source (an image, or a video's first frame) and every
 driving frame are face-detected and cropped like the training data, MediaPipe gives their landmarks, and
@@ -14,7 +15,16 @@ written with the driving clip's audio.
 --motion relative (default; for another person's video): the driver's head motion and expressions,
 measured from its first frame, move the source's own landmarks, so the source keeps its face shape.
 --motion absolute: the driver's landmarks as they are (same-person reenactment).
---paste-back: the generated face is blended back into the full source picture.
+--paste-back: the generated face is blended back into the full source picture, through a feathered mask of
+the face (the source's and the generated face's mesh outlines), its colours first matched to the picture's
+face (--no-colour-match: as generated); every pixel outside the mask is the picture's own.
+--face largest|all|INDEX: which face of a picture with several: the largest (default, and said), all of them
+(each through its own crop, pasted back, so --paste-back is implied), or the INDEX-th from the left
+(--list-faces prints them with their boxes, and needs no checkpoint).
+--video-to-video: the source is a video; each output frame starts from the matching source frame, keeps its
+head motion, and takes on the driver's expression change since its first frame (with the expression and eye
+and lip controls). The output stops at the shorter of the two videos; source frames without a face hold the
+last good frame (the count is reported).
 --motion-parts pose|expression|both: which part of the driver's motion moves the source: its head pose (the
 similarity fitted on points that move only with the skull), its expression (the rest), or both (default).
 --expression-scale S multiplies the expression change: 0 keeps the source's own expression (with --motion
@@ -28,9 +38,10 @@ fixture clips the landmarks' tremble drops by 24% (N=5) to 51% (N=13), and they 
 the raw detections; the effect on the generated face is smaller and not yet shown (BENCHMARKS.md), so it is
 off by default (--no-smooth).
 
-If several faces are in the source, the largest is used (and said). Driving frames where the face is lost
+Driving frames where the face is lost
 keep the last good landmarks (the count is reported). The mp4 appears under its final name only when
-complete; an existing OUT is kept unless --overwrite.
+complete; an existing OUT is kept unless --overwrite. Videos are streamed: memory does not grow with the
+driving video's length (BENCHMARKS.md, streaming).
 """
 from __future__ import annotations
 
@@ -49,10 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = Parser(prog="python -m src.animate", description=__doc__.split("\n\n")[0],
                formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog="\n\n".join(__doc__.split("\n\n")[2:]))
-    p.add_argument("--checkpoint", required=True, type=Path, help="generator checkpoint (refine, meta or personalize)")
-    p.add_argument("--source", required=True, type=Path, help="portrait image, or a video (its first frame)")
-    p.add_argument("--driving", required=True, type=Path, help="driving video")
-    p.add_argument("--output", required=True, type=Path, help="the mp4 to write")
+    p.add_argument("--checkpoint", type=Path, help="generator checkpoint (refine, meta or personalize)")
+    p.add_argument("--source", required=True, type=Path,
+                   help="portrait image, or a video (its first frame; every frame with --video-to-video)")
+    p.add_argument("--driving", type=Path, help="driving video")
+    p.add_argument("--output", type=Path, help="the mp4 to write")
     p.add_argument("--sr-checkpoint", type=Path, default=None,
                    help="a TemporalSR checkpoint, applied after generation (its input size must be the generator's)")
     p.add_argument("--motion", choices=MOTIONS, default="relative",
@@ -67,6 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lip-scale", type=bounded(float, 0, 3), default=1.0, metavar="S",
                    help="the driver's mouth motion times S, in [0, 3] (default 1)")
     p.add_argument("--paste-back", action="store_true", help="blend the face back into the full source picture")
+    p.add_argument("--no-colour-match", dest="colour_match", action="store_false",
+                   help="paste the face back with its colours as generated (default: matched to the picture)")
+    p.add_argument("--face", type=face_choice, default="largest", metavar="largest|all|INDEX",
+                   help="which face of the source: the largest (default), all, or the INDEX-th from the left (1, 2..)")
+    p.add_argument("--list-faces", action="store_true", help="print the source's faces with their boxes, and stop")
+    p.add_argument("--video-to-video", action="store_true",
+                   help="the source is a video: re-animate each of its frames (stops at the shorter video)")
     smooth = p.add_mutually_exclusive_group()
     smooth.add_argument("--smooth", type=odd_window, default=None, metavar="N",
                         help="smooth the driving landmarks over N frames (odd, 3 to 101; 5 is gentle)")
@@ -79,6 +98,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     # combinations that cannot mean anything, refused before any work
+    if not a.list_faces:
+        missing = [f"--{n}" for n in ("checkpoint", "driving", "output") if getattr(a, n) is None]
+        if missing:
+            p.error(f"the following arguments are required: {', '.join(missing)}")
+    if a.video_to_video and a.face != "largest":
+        p.error("--video-to-video follows the source video's main face: --face does not apply")
+    if a.video_to_video and a.list_faces:
+        p.error("--list-faces lists the faces of a picture; it does not go with --video-to-video")
+    if a.video_to_video and a.motion != "relative":
+        p.error("--video-to-video keeps the source video's own head motion: --motion absolute does not apply")
+    if a.video_to_video and a.motion_parts != "both":
+        p.error("--video-to-video takes the driver's expression onto the source video's own pose: "
+                "--motion-parts does not apply")
+    if not a.colour_match and not (a.paste_back or a.face == "all"):
+        p.error("--no-colour-match is about pasting back: add --paste-back")
     if a.motion_parts == "pose" and (a.expression_scale != 1.0 or a.eyes != "driving" or a.lips != "driving"
                                      or a.lip_scale != 1.0):
         p.error("--motion-parts pose takes no expression: --expression-scale, --eyes, --lips and --lip-scale "
@@ -88,15 +122,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
+def face_choice(value: str) -> str:
+    """largest, all, or a 1-based index."""
+    if value in ("largest", "all") or (value.isdigit() and int(value) >= 1):
+        return value
+    raise argparse.ArgumentTypeError(f"'{value}' is not largest, all or a face number from 1 (left to right)")
+
+
 @cli_entry
 def main(argv=None) -> int:
-    from src.inference import animate
+    from src.inference import animate, list_faces
 
     a = parse_args(argv)
+    if a.list_faces:
+        print(json.dumps(list_faces(a.source), indent=1))
+        return 0
     summary = animate(a.checkpoint, a.source, a.driving, a.output, a.sr_checkpoint, a.motion, a.paste_back,
                       a.batch_size, a.device, a.identity_backend, a.overwrite, progress=not a.quiet, smooth=a.smooth,
                       motion_parts=a.motion_parts, expression_scale=a.expression_scale, eyes=a.eyes, lips=a.lips,
-                      lip_scale=a.lip_scale)
+                      lip_scale=a.lip_scale, face=a.face, video_to_video=a.video_to_video,
+                      colour_match=a.colour_match)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -1,16 +1,23 @@
 """Inference: the one way a trained generator (and SR model) is driven, for every pipeline.
 
 `animate` (python -m src.animate), `evaluate`, SR's LQ renders (src/stages/sr_data.py) and the demo call these:
-- `prepare_source` / `prepare_driving`: raw pictures and videos -> crops and MediaPipe landmarks, the way
-  preprocessing crops training data;
-- `generate`: a source driven by a sequence of landmarks, the source encoded once, frames in batches;
-- `super_resolve`: frames through a temporal SR model, window by window;
+- `find_faces` / `prepare_sources` / `prepare_source_video` / `prepare_driving`: raw pictures and videos ->
+  crops and MediaPipe landmarks, the way preprocessing crops training data;
+- `iter_generate` (and `generate`, its list): a source driven by a sequence of landmarks, the source encoded
+  once (or per frame, for a source video), frames in batches;
+- `iter_super_resolve` (and `super_resolve`): frames through a temporal SR model, window by window;
 - `animate`: files in, an mp4 out.
+
+Videos are streamed: a clip is decoded once to find its face, once for its landmarks, and frames are then
+generated, upscaled, pasted and encoded batch by batch, so memory does not grow with the video's length
+(only the landmarks, 5.7 KB a frame, are held).
 """
 from __future__ import annotations
 
+import itertools
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +30,7 @@ from src.images import to_tensor, to_uint8
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MESH_SIZE = 256   # MediaPipe runs on crops of at least this size (as preprocessing); landmarks are normalised
+DETECT_EVERY = 10  # face detection on every 10th frame of a video (the crop box follows the union of those)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,17 +54,48 @@ class Source:
     picture: np.ndarray | None = None  # the full source image (RGB), for paste-back
     box: tuple | None = None           # (cx, cy, side) crop square in the picture
     faces_found: int = 1
+    index: int = 1                     # which face of the picture (1-based, left to right)
+
+
+@dataclass
+class SourceVideo:
+    """A source video for video-to-video: one stable crop square, landmarks per frame, and for frames where
+    the face was lost the frame that stands in for them (the last good one; the first good one before it)."""
+    path: Path
+    first: Source          # the first frame with a face: its crop, landmarks, identity embedding and picture
+    landmarks: np.ndarray  # (T, 478, 3), the held frame's where the face was lost
+    held: np.ndarray       # (T,) int: the frame whose picture and landmarks frame t uses
+    fps: float
+
+    @property
+    def lost(self) -> int:
+        return int((self.held != np.arange(len(self.held))).sum())
+
+    def pictures(self) -> Iterator[np.ndarray]:
+        """The full frames, decoded again, each lost one replaced by its held frame."""
+        from src.video_io import DecodableFrames
+
+        first_good, last = int(self.held[0]), None
+        for t, frame in enumerate(DecodableFrames(self.path)):
+            if t >= len(self.held):
+                return
+            if self.held[t] == t:
+                last = frame  # a frame with a face: it stands in for the lost ones after it
+            if t >= first_good:  # the frames before the first good one come out with it
+                yield from itertools.repeat(last, first_good + 1 if t == first_good else 1)
 
 
 @dataclass
 class Driving:
-    crops: list            # (R, R, 3) uint8 per frame
-    landmarks: np.ndarray  # (T, 478, 3) normalised to the crops
+    landmarks: np.ndarray  # (T, 478, 3) normalised to the crop square
     lost: int              # frames whose landmarks were held from the last good frame
     fps: float
-    audio: tuple | None    # (samples (1, n), rate) or None
     truncated: bool        # damaged: a decoding error, or fewer frames than the container declares
     declared: int = 0      # frames the container declares (0: unknown)
+
+    @property
+    def frames(self) -> int:
+        return len(self.landmarks)
 
 
 def read_picture(path: Path) -> np.ndarray:
@@ -75,68 +114,178 @@ def read_picture(path: Path) -> np.ndarray:
         raise UserError(f"--source {path} is not a readable image or video") from None
 
 
-def prepare_source(path: Path, resolution: int, embedder) -> Source:
-    from src.faces.identity import clip_embedding
-    from src.faces.landmarks import FaceMesh, centred_face
-    from src.faces.tracking import CROP_SCALE, crop_box, crop_frame, detect_sampled
+def find_faces(picture: np.ndarray) -> list:
+    """The faces (detector boxes) of a picture, left to right: the order --face INDEX counts in (from 1)."""
+    from src.faces.tracking import detect_sampled
 
-    picture = read_picture(path)
-    boxes = detect_sampled([picture], 1)[0]
+    return sorted(detect_sampled([picture], 1)[0], key=lambda b: b.center[0])
+
+
+def describe_faces(boxes: list) -> str:
+    return "; ".join(f"{i} at x {b.left:.0f}-{b.right:.0f}, y {b.top:.0f}-{b.bottom:.0f} ({b.width:.0f} px wide)"
+                     for i, b in enumerate(boxes, 1))
+
+
+def list_faces(path: Path) -> list[dict]:
+    """The faces of a picture (or a video's first frame), left to right: number (for --face) and box."""
+    return [{"face": i, "box": [round(b.left), round(b.top), round(b.right), round(b.bottom)],
+             "width": round(b.width), "score": round(float(b.score), 3)}
+            for i, b in enumerate(find_faces(read_picture(Path(path))), 1)]
+
+
+def select_faces(boxes: list, face: str, path: Path) -> list[tuple[int, object]]:
+    """(1-based index, box) of the faces `face` asks for: largest, all, or an index."""
     if not boxes:
         raise UserError(f"--source {path}: no face found")
-    if len(boxes) > 1:
-        print(f"animate: {len(boxes)} faces in {path.name}; using the largest", file=sys.stderr)
-    box = crop_box([boxes[0]], CROP_SCALE)
+    numbered = list(enumerate(boxes, 1))
+    if face == "largest":
+        return [max(numbered, key=lambda ib: ib[1].area)]
+    if face == "all":
+        return numbered
+    k = int(face)
+    if not 1 <= k <= len(boxes):
+        raise UserError(f"--face {k}: {path.name} has {len(boxes)} face(s): {describe_faces(boxes)}")
+    return [numbered[k - 1]]
+
+
+def _source_at(picture: np.ndarray, box: tuple, resolution: int, embedder, mesh) -> Source | None:
+    """The Source cut from `picture` at the crop square `box`; None when MediaPipe finds no face there."""
+    from src.faces.identity import clip_embedding
+    from src.faces.landmarks import centred_face
+    from src.faces.tracking import crop_frame
+
     crop = crop_frame(picture, box, resolution)
-    mesh_crop = crop if resolution >= MESH_SIZE else crop_frame(picture, box, MESH_SIZE)
-    with FaceMesh(static=True) as mesh:
-        faces = mesh(mesh_crop)
+    faces = mesh(crop if resolution >= MESH_SIZE else crop_frame(picture, box, MESH_SIZE))
     if not centred_face(faces):
-        raise UserError(f"--source {path}: a face was detected but MediaPipe found no landmarks on it "
-                        f"(too small, turned away or occluded?)")
+        return None
     # the identity embedding from the sharpest crop available, as preprocessing does (512 when possible)
-    id_crop = crop_frame(picture, box, 512) if box[2] >= 0.85 * 512 else mesh_crop
-    embedding = clip_embedding(embedder, [id_crop], [faces[0]])
-    return Source(crop, faces[0], embedding, picture, box, len(boxes))
+    id_crop = crop_frame(picture, box, 512 if box[2] >= 0.85 * 512 else max(resolution, MESH_SIZE))
+    return Source(crop, faces[0], clip_embedding(embedder, [id_crop], [faces[0]]), picture, box)
 
 
-def prepare_driving(path: Path, resolution: int) -> Driving:
+def prepare_sources(path: Path, resolution: int, embedder, face: str = "largest") -> list[Source]:
+    """The source faces of a picture (or a video's first frame) that `face` asks for (largest, all, INDEX).
+    Under `all`, faces MediaPipe cannot mesh are skipped with a message; otherwise they are an error."""
+    from src.faces.landmarks import FaceMesh
+    from src.faces.tracking import CROP_SCALE, crop_box
+
+    picture = read_picture(path)
+    boxes = find_faces(picture)
+    chosen = select_faces(boxes, face, path)
+    if face == "largest" and len(boxes) > 1:
+        print(f"animate: {len(boxes)} faces in {path.name}; using the largest (--face all or --face INDEX "
+              f"for others; --list-faces lists them)", file=sys.stderr)
+    sources = []
+    with FaceMesh(static=True) as mesh:
+        for index, det in chosen:
+            source = _source_at(picture, crop_box([det], CROP_SCALE), resolution, embedder, mesh)
+            if source is None and face != "all":
+                raise UserError(f"--source {path}: a face was detected but MediaPipe found no landmarks on it "
+                                f"(too small, turned away or occluded?)")
+            if source is None:
+                print(f"animate: face {index} of {path.name} has no MediaPipe landmarks (too small, turned away "
+                      f"or occluded?); it is left as it is", file=sys.stderr)
+                continue
+            source.faces_found, source.index = len(boxes), index
+            sources.append(source)
+    if not sources:
+        raise UserError(f"--source {path}: MediaPipe found landmarks on none of its {len(boxes)} faces")
+    return sources
+
+
+def prepare_source(path: Path, resolution: int, embedder) -> Source:
+    """The largest face of a picture (or a video's first frame)."""
+    return prepare_sources(path, resolution, embedder, "largest")[0]
+
+
+def _track_video(frames, what: str, path: Path) -> tuple[tuple, int]:
+    """(the clip's stable crop square, frames decoded): the main face followed through a decoding pass."""
+    from src.faces.tracking import CROP_SCALE, crop_box, detect_in_stream, main_track
+
+    detections, count = detect_in_stream(lambda: iter(frames), DETECT_EVERY)
+    if count < 2:
+        raise UserError(f"{what} {path}: {count} decodable frame(s); a video needs at least 2 here")
+    track, _ = main_track(detections)
+    if not track:
+        raise UserError(f"{what} {path}: no face found")
+    return crop_box(track, CROP_SCALE), count
+
+
+def _landmarks_along(frames, box: tuple, resolution: int, total: int, desc: str, progress: bool,
+                     on_frame=None) -> list:
+    """MediaPipe's landmarks (or None) of every frame's crop, in a second decoding pass; `on_frame(t, frame,
+    landmarks)` sees each frame with its landmarks."""
+    from tqdm import tqdm
+
     from src.faces.landmarks import FaceMesh, centred_face
-    from src.faces.tracking import CROP_SCALE, crop_box, crop_frame, detect_sampled, main_track
+    from src.faces.tracking import crop_frame
+
+    out = []
+    with FaceMesh(static=False, max_faces=1) as mesh, tqdm(total=total, desc=desc, unit="frame",
+                                                          disable=not progress, dynamic_ncols=True) as bar:
+        for t, frame in enumerate(frames):
+            faces = mesh(crop_frame(frame, box, max(resolution, MESH_SIZE)))
+            out.append(faces[0] if centred_face(faces) else None)
+            if on_frame is not None:
+                on_frame(t, frame, out[-1])
+            bar.update()
+    return out
+
+
+def _held(found: list) -> np.ndarray:
+    """For each frame, the frame standing in for it: itself when found, else the last found one before it
+    (the first found one, before any)."""
+    good = [t for t, lm in enumerate(found) if lm is not None]
+    held, last = np.empty(len(found), np.int64), good[0]
+    for t, lm in enumerate(found):
+        last = t if lm is not None else last
+        held[t] = last
+    return held
+
+
+def prepare_driving(path: Path, resolution: int, progress: bool = False) -> Driving:
+    """The driving clip's landmarks, frame by frame (held from the last good frame where the face is lost)."""
     from src.paths import require_file
-    from src.video_io import iter_frames, probe, read_audio, short_by
+    from src.video_io import DecodableFrames, probe, short_by
 
     info = probe(require_file(path, "--driving", kind="video"))
-    frames, truncated = [], False
-    try:
-        for f in iter_frames(path):
-            frames.append(f)
-    except UserError:
-        truncated = True  # keep what decoded before the damage
-    if len(frames) < 2:
-        raise UserError(f"--driving {path}: {len(frames)} decodable frame(s); a driving video needs at least 2")
-    track, _ = main_track(detect_sampled(frames, 10))
-    if not track:
-        raise UserError(f"--driving {path}: no face found")
-    box = crop_box(track, CROP_SCALE)
-    crops, landmarks, good, lost = [], [], None, 0
-    with FaceMesh(static=False, max_faces=1) as mesh:
-        for frame in frames:
-            crops.append(crop_frame(frame, box, resolution))
-            faces = mesh(crops[-1] if resolution >= MESH_SIZE else crop_frame(frame, box, MESH_SIZE))
-            if centred_face(faces):
-                good = faces[0]
-            else:
-                lost += 1
-            landmarks.append(good)  # None until the first detection
-    del frames
-    first = next((lm for lm in landmarks if lm is not None), None)
-    if first is None:
+    frames = DecodableFrames(path)
+    box, count = _track_video(frames, "--driving", path)
+    found = _landmarks_along(frames, box, resolution, count, "driving landmarks", progress)
+    if all(lm is None for lm in found):
         raise UserError(f"--driving {path}: MediaPipe found no landmarks in any frame")
-    landmarks = [first if lm is None else lm for lm in landmarks]  # frames before the first detection
-    truncated = truncated or short_by(len(crops), info.declared_frames)
-    return Driving(crops, np.stack(landmarks).astype(np.float32), lost, info.fps, read_audio(path), truncated,
-                   info.declared_frames)
+    held = _held(found)
+    landmarks = np.stack([found[k] for k in held]).astype(np.float32)
+    lost = int(sum(lm is None for lm in found))
+    truncated = frames.damaged or short_by(len(found), info.declared_frames)
+    return Driving(landmarks, lost, info.fps, truncated, info.declared_frames)
+
+
+def prepare_source_video(path: Path, resolution: int, embedder, progress: bool = False) -> SourceVideo:
+    """A source video for video-to-video: its main face's crop square, landmarks per frame, the frames that
+    stand in where the face is lost, and the identity embedding of its first frame with a face."""
+    from src.faces.landmarks import FaceMesh
+    from src.paths import require_file
+    from src.video_io import DecodableFrames, probe
+
+    info = probe(require_file(path, "--source", kind="video"))
+    frames = DecodableFrames(path)
+    box, count = _track_video(frames, "--source", path)
+    first: list[Source] = []
+
+    def keep_first(t, frame, landmarks):  # the first frame with a face becomes the still Source
+        if landmarks is not None and not first:
+            with FaceMesh(static=True) as mesh:
+                source = _source_at(frame, box, resolution, embedder, mesh)
+            if source is not None:
+                source.landmarks = landmarks  # the tracked landmarks, as every other frame has
+                first.append(source)
+
+    found = _landmarks_along(frames, box, resolution, count, "source landmarks", progress, keep_first)
+    if not first:
+        raise UserError(f"--source {path}: MediaPipe found no landmarks in any frame")
+    held = _held(found)
+    return SourceVideo(path, first[0], np.stack([found[k] for k in held]).astype(np.float32), held, info.fps)
 
 
 def identity_embedder(backend: str, id_dim: int):
@@ -151,75 +300,80 @@ def identity_embedder(backend: str, id_dim: int):
 
 
 @torch.no_grad()
-def generate(generator, source: Source, landmarks: np.ndarray, device, batch_size: int = 8,
-             progress: bool = True, renderer=None) -> list[np.ndarray]:
-    """Frames (R, R, 3) uint8 of the source driven by `landmarks` (T, 478, 3)."""
-    from tqdm import tqdm
-
+def iter_generate(generator, source: Source, landmarks: np.ndarray, device, batch_size: int = 8, renderer=None,
+                  source_frames: Iterable[tuple[np.ndarray, np.ndarray]] | None = None) -> Iterator[np.ndarray]:
+    """Frames (R, R, 3) uint8 of the source driven by `landmarks` (T, 478, 3), batch by batch. The still
+    source is encoded once; `source_frames`, (crop, landmarks) per frame, makes each frame start from its own
+    source frame instead (video-to-video; the identity stays `source`'s)."""
     from src.faces.render import LandmarkRenderer, gaze_heatmaps, region_masks
 
     r = source.crop.shape[0]
     generator = generator.to(device).eval()
     renderer = (renderer or LandmarkRenderer()).to(device)
-    src = to_tensor(source.crop, device)[None]
-    src_points = torch.from_numpy(np.asarray(source.landmarks, np.float32))[None].to(device)
-    src_lmk = renderer(src_points, r)
     identity = torch.from_numpy(np.asarray(source.embedding, np.float32))[None].to(device)
-    feats = generator.source_features(src)  # once per video
-    out = []
-    with tqdm(total=len(landmarks), desc="animate", unit="frame", disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, len(landmarks), batch_size):
-            lm = torch.from_numpy(np.asarray(landmarks[start : start + batch_size], np.float32)).to(device)
-            n = len(lm)
-            frames = generator(source=src.expand(n, -1, -1, -1), source_lmk=src_lmk.expand(n, -1, -1, -1),
-                               driving_lmk=renderer(lm, r), identity=identity.expand(n, -1),
-                               gaze=gaze_heatmaps(lm, r), mouth_mask=region_masks(lm, r)[1],
-                               source_feats=feats, source_points=src_points, driving_points=lm)["output"]
-            out += list(to_uint8(frames))
-            bar.update(n)
-    return out
+
+    def encoded(crops, points):
+        src = to_tensor(np.stack(crops), device)
+        pts = torch.from_numpy(np.asarray(points, np.float32)).to(device)
+        return src, pts, renderer(pts, r), generator.source_features(src)
+
+    if source_frames is None:
+        still = encoded([source.crop], [source.landmarks])  # once per video
+    else:
+        per_frame = iter(source_frames)
+    for start in range(0, len(landmarks), batch_size):
+        lm = torch.from_numpy(np.asarray(landmarks[start : start + batch_size], np.float32)).to(device)
+        n = len(lm)
+        if source_frames is None:
+            src, src_points, src_lmk, feats = still
+            src, src_lmk = src.expand(n, -1, -1, -1), src_lmk.expand(n, -1, -1, -1)
+        else:
+            crops, points = zip(*itertools.islice(per_frame, n))
+            src, src_points, src_lmk, feats = encoded(crops, points)
+        frames = generator(source=src, source_lmk=src_lmk, driving_lmk=renderer(lm, r), identity=identity.expand(n, -1),
+                           gaze=gaze_heatmaps(lm, r), mouth_mask=region_masks(lm, r)[1], source_feats=feats,
+                           source_points=src_points, driving_points=lm)["output"]
+        yield from to_uint8(frames)
+
+
+def generate(generator, source: Source, landmarks: np.ndarray, device, batch_size: int = 8,
+             progress: bool = True, renderer=None) -> list[np.ndarray]:
+    """All frames of iter_generate, as a list (for clips that fit in memory: evaluation, SR's LQ renders)."""
+    from tqdm import tqdm
+
+    frames = iter_generate(generator, source, landmarks, device, batch_size, renderer)
+    return list(tqdm(frames, total=len(landmarks), desc="animate", unit="frame", disable=not progress,
+                     dynamic_ncols=True))
+
+
+def _check_sr_size(net, frame: np.ndarray) -> None:
+    size = net.cfg.in_size
+    if frame.shape[:2] != (size, size):
+        raise UserError(f"frames are {frame.shape[1]}x{frame.shape[0]} but this model takes {size}x{size} "
+                        f"(it outputs {net.cfg.out_size}x{net.cfg.out_size})")
 
 
 @torch.no_grad()
+def iter_super_resolve(net, frames: Iterable[np.ndarray], window: int, device) -> Iterator[np.ndarray]:
+    """Frames through a TemporalSR model in windows of `window` (the last one padded by repeating its last
+    frame), taken and given back one window at a time."""
+    net = net.to(device).eval()
+    frames = iter(frames)
+    while chunk := list(itertools.islice(frames, window)):
+        for f in chunk:
+            _check_sr_size(net, f)
+        padded = chunk + [chunk[-1]] * (window - len(chunk))  # edge replication at the end
+        yield from to_uint8(net(to_tensor(np.stack(padded), device)[None])[0, : len(chunk)])
+
+
 def super_resolve(net, frames: list[np.ndarray], window: int, device, progress: bool = True) -> list[np.ndarray]:
-    """Frames through a TemporalSR model in windows of `window` (the last one padded by repeating its last frame)."""
+    """All frames of iter_super_resolve, as a list; every frame's size is checked before any work."""
     from tqdm import tqdm
 
-    size = net.cfg.in_size
-    bad = {f.shape[:2] for f in frames if f.shape[:2] != (size, size)}
-    if bad:
-        raise UserError(f"frames are {sorted(bad)[0][1]}x{sorted(bad)[0][0]} but this model takes {size}x{size} "
-                        f"(it outputs {net.cfg.out_size}x{net.cfg.out_size})")
-    net = net.to(device).eval()
-    out = []
-    for start in tqdm(range(0, len(frames), window), desc="upscale", unit="window", disable=not progress,
-                      dynamic_ncols=True):
-        chunk = frames[start : start + window]
-        padded = chunk + [chunk[-1]] * (window - len(chunk))  # edge replication at the end
-        out += list(to_uint8(net(to_tensor(np.stack(padded), device)[None])[0, : len(chunk)]))
-    return out
-
-
-def paste_back(picture: np.ndarray, box: tuple, face: np.ndarray, feather: float = 0.08) -> np.ndarray:
-    """The generated crop blended into the picture at its crop square, with a feathered border (the crop's
-    edges are the source's own background, so a soft seam is enough)."""
-    cx, cy, side = box
-    s = int(round(side))
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    face = cv2.resize(face, (s, s), interpolation=cv2.INTER_CUBIC if s > face.shape[0] else cv2.INTER_AREA)
-    ramp = np.clip(np.minimum(np.arange(s), np.arange(s)[::-1]) / max(1.0, feather * s), 0, 1)
-    alpha = np.minimum(ramp[:, None], ramp[None, :])[..., None]
-    out = picture.astype(np.float32).copy()
-    h, w = picture.shape[:2]
-    # the part of the crop square that lies inside the picture (the crop may have been padded)
-    ax0, ay0, ax1, ay1 = max(0, x0), max(0, y0), min(w, x0 + s), min(h, y0 + s)
-    if ax0 >= ax1 or ay0 >= ay1:
-        return picture
-    fx0, fy0 = ax0 - x0, ay0 - y0
-    f = face[fy0 : fy0 + ay1 - ay0, fx0 : fx0 + ax1 - ax0].astype(np.float32)
-    a = alpha[fy0 : fy0 + ay1 - ay0, fx0 : fx0 + ax1 - ax0]
-    out[ay0:ay1, ax0:ax1] = a * f + (1 - a) * out[ay0:ay1, ax0:ax1]
-    return out.round().clip(0, 255).astype(np.uint8)
+    for f in frames:
+        _check_sr_size(net, f)
+    return list(tqdm(iter_super_resolve(net, frames, window, device), total=len(frames), desc="upscale",
+                     unit="frame", disable=not progress, dynamic_ncols=True))
 
 
 def even_size(img: np.ndarray) -> np.ndarray:
@@ -227,28 +381,59 @@ def even_size(img: np.ndarray) -> np.ndarray:
     return img[: h - h % 2, : w - w % 2]  # H.264 in yuv420p needs even sizes
 
 
+def _composed(streams: list, pictures: Iterator[np.ndarray] | None, colour_match: bool) -> Iterator[np.ndarray]:
+    """The output frames: each stream's generated faces pasted into its picture (the still picture, or the
+    source video's frame), or, without pictures, the one stream's face crops. A stream is (source crop box,
+    source landmarks per frame (T, 478, 3), driven landmarks (T, 478, 3), generated frames)."""
+    from src.faces.paste import colour_map, face_mask, paste_back
+    from src.faces.tracking import crop_frame
+
+    if pictures is None:
+        yield from (even_size(f) for f in streams[0][3])
+        return
+    colours = [None] * len(streams)
+    for t, (picture, *faces) in enumerate(zip(pictures, *(s[3] for s in streams))):
+        out = picture
+        for k, ((box, source_lm, driven_lm, _), face) in enumerate(zip(streams, faces)):
+            mask = face_mask([source_lm[t], driven_lm[t]], face.shape[0])
+            if t == 0 and colour_match:  # measured once, on the first frame (the source's expression)
+                colours[k] = colour_map(face, crop_frame(picture, box, face.shape[0]), mask)
+            out = paste_back(out, box, face, mask, colours[k])
+        yield even_size(out)
+
+
 def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_checkpoint: Path | None = None,
             motion: str = "relative", paste: bool = False, batch_size: int = 8, device: str = "auto",
             identity_backend: str = "auto", overwrite: bool = False, progress: bool = True,
             smooth: int | None = None, motion_parts: str = "both", expression_scale: float = 1.0,
-            eyes: str = "driving", lips: str = "driving", lip_scale: float = 1.0) -> dict:
+            eyes: str = "driving", lips: str = "driving", lip_scale: float = 1.0, face: str = "largest",
+            video_to_video: bool = False, colour_match: bool = True) -> dict:
     """Drive the portrait `source` (an image, or a video's first frame) with the video `driving` and write the
     mp4 `output` (with the driving clip's audio); a summary of what was done. `motion`: relative (the driver's
     motion on the source's own face) or absolute (the driver's landmarks); `paste`: blend the face back into
-    the full source picture. `smooth`: a Savitzky-Golay window (odd frames) over the driving landmarks, None
+    the full source picture (through a feathered mask of the face, its colours matched to the picture unless
+    `colour_match` is False). `smooth`: a Savitzky-Golay window (odd frames) over the driving landmarks, None
     for the raw detections (src/faces/smoothing.py). `motion_parts` (both, pose, expression) and
     `expression_scale`: which of the driver's head pose and expression move the source; `eyes`, `lips`,
-    `lip_scale`: whose eyes and mouth, and how strongly (src/faces/motion.py)."""
+    `lip_scale`: whose eyes and mouth, and how strongly (src/faces/motion.py). `face`: largest, all (each
+    animated through its own crop and pasted back) or a 1-based index, left to right. `video_to_video`: the
+    source is a video; each output frame starts from its own source frame and keeps its head motion, the
+    driver's expression carried onto it (motion.onto_video); the output stops at the shorter video."""
+    from tqdm import tqdm
+
     from src.checkpoints import load_generator, load_sr
-    from src.faces.motion import inter_ocular, transfer_motion
+    from src.faces.motion import check_pose, inter_ocular, onto_video, transfer_motion
     from src.faces.smoothing import jitter, smooth_landmarks
+    from src.faces.tracking import crop_frame
     from src.paths import check_output, require_file
-    from src.video_io import damage_warning, write_video
+    from src.video_io import damage_warning, iter_audio, write_video
 
     output, source, driving = Path(output), Path(source), Path(driving)
+    if video_to_video and face != "largest":
+        raise UserError("--video-to-video follows the source video's main face: --face does not apply")
     # every input and the output checked before any work (src/paths.py)
     inputs = {"--checkpoint": require_file(checkpoint, "--checkpoint"),
-              "--source": require_file(source, "--source", kind="picture"),
+              "--source": require_file(source, "--source", kind="video" if video_to_video else "picture"),
               "--driving": require_file(driving, "--driving", kind="video"),
               "--sr-checkpoint": sr_checkpoint and require_file(sr_checkpoint, "--sr-checkpoint")}
     check_output(output, inputs, overwrite=overwrite, kind="file", suffix=".mp4")
@@ -262,34 +447,72 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         if sr.cfg.in_size != resolution:
             raise UserError(f"--sr-checkpoint {sr_checkpoint} takes {sr.cfg.in_size}px frames but the generator "
                             f"renders {resolution}px: train SR on this base model's preset")
-    src = prepare_source(source, resolution, identity_embedder(identity_backend, id_dim))
-    drv = prepare_driving(driving, resolution)
+    embedder = identity_embedder(identity_backend, id_dim)
+    if video_to_video:
+        video = prepare_source_video(source, resolution, embedder, progress)
+        sources = [video.first]
+        if video.lost:
+            print(f"animate: the face was lost on {video.lost} of {len(video.held)} source frames; held the last "
+                  f"good frame there", file=sys.stderr)
+    else:
+        video, sources = None, prepare_sources(source, resolution, embedder, face)
+    if motion_parts == "expression":
+        for s in sources:
+            check_pose(s.landmarks, f"--source {source.name}")
+    drv = prepare_driving(driving, resolution, progress)
     if drv.lost:
-        print(f"animate: the face was lost on {drv.lost} of {len(drv.crops)} driving frames; "
+        print(f"animate: the face was lost on {drv.lost} of {drv.frames} driving frames; "
               f"held the last good landmarks there", file=sys.stderr)
     if drv.truncated:
-        print(damage_warning("animate", driving, len(drv.crops), drv.declared), file=sys.stderr)
+        print(damage_warning("animate", driving, drv.frames, drv.declared), file=sys.stderr)
     driven = smooth_landmarks(drv.landmarks, smooth) if smooth else drv.landmarks
-    landmarks = transfer_motion(src.landmarks, driven, motion, motion_parts, expression_scale, eyes, lips, lip_scale)
-    frames = generate(generator, src, landmarks, dev, batch_size, progress=progress)
-    if sr is not None:
-        frames = super_resolve(sr, frames, sr_cfg["sr"]["window"], dev, progress=progress)
-    if paste:
-        frames = [paste_back(src.picture, src.box, f) for f in frames]
-    frames = [even_size(f) for f in frames]
-    audio = None, 16000
-    if drv.audio is not None:
-        audio = drv.audio[0].mean(0).astype(np.float32), drv.audio[1]
-    write_video(output, frames, fps=drv.fps, audio=audio[0], sample_rate=audio[1])
+    controls = dict(expression_scale=expression_scale, eyes=eyes, lips=lips, lip_scale=lip_scale)
+    streams, pictures = [], None
+    paste = paste or face == "all"
+    if video is not None:
+        landmarks = onto_video(video.landmarks, driven, **controls)
+        if paste:  # one decoder for both: the generator runs a batch (and an SR window) ahead of the paste
+            pictures, for_crops = itertools.tee(video.pictures())
+        else:
+            for_crops = video.pictures()
+        crops = ((crop_frame(p, video.first.box, resolution), lm) for p, lm in zip(for_crops, video.landmarks))
+        frames = iter_generate(generator, video.first, landmarks, dev, batch_size, source_frames=crops)
+        source_lms = video.landmarks
+    for s in sources:
+        if video is None:
+            landmarks = transfer_motion(s.landmarks, driven, motion, motion_parts, **controls)
+            frames = iter_generate(generator, s, landmarks, dev, batch_size)
+            source_lms = np.broadcast_to(s.landmarks, landmarks.shape)
+        if sr is not None:
+            frames = iter_super_resolve(sr, frames, sr_cfg["sr"]["window"], dev)
+        streams.append((s.box, source_lms, landmarks, frames))
+    if paste and video is None:
+        pictures = itertools.repeat(sources[0].picture)
+    total = len(streams[0][2])
+    written = {"frames": 0, "size": None}
+
+    def counted(frames):
+        for f in tqdm(frames, total=total, desc="animate", unit="frame", disable=not progress, dynamic_ncols=True):
+            written["frames"] += 1
+            written["size"] = written["size"] or list(f.shape[1::-1])
+            yield f
+
+    audio = iter_audio(driving)
+    write_video(output, counted(_composed(streams, pictures if paste else None, colour_match)), fps=drv.fps,
+                audio=audio and audio[0], sample_rate=audio[1] if audio else 16000, audio_to_video_end=True)
     return {
-        "output": str(output), "frames": len(frames), "fps": drv.fps, "size": list(frames[0].shape[1::-1]),
+        "output": str(output), "frames": written["frames"], "fps": drv.fps, "size": written["size"],
         "motion": motion, "motion_parts": motion_parts, "expression_scale": expression_scale, "eyes": eyes,
         "lips": lips, "lip_scale": lip_scale, "smooth": smooth,
-        "faces_in_source": src.faces_found, "driving_frames_face_lost": drv.lost,
-        "audio": drv.audio is not None, "super_resolution": sr is not None, "paste_back": paste,
-        "inter_ocular": {"source": float(inter_ocular(src.landmarks)),
+        "faces_in_source": sources[0].faces_found, "faces_animated": [s.index for s in sources],
+        "video_to_video": video is not None, "source_frames": len(video.held) if video is not None else None,
+        "source_frames_face_lost": video.lost if video is not None else None,
+        "driving_frames": drv.frames, "driving_frames_face_lost": drv.lost,
+        "audio": audio is not None, "super_resolution": sr is not None, "paste_back": paste,
+        "colour_match": paste and colour_match,
+        "inter_ocular": {"source": float(inter_ocular(sources[0].landmarks)),
                          "driving_mean": float(inter_ocular(drv.landmarks).mean()),
-                         "used_mean": float(inter_ocular(landmarks).mean())},
+                         "used_mean": float(inter_ocular(streams[0][2]).mean())},
         "driving_jitter_px": {"raw": round(jitter(drv.landmarks, resolution), 4),
                               "used": round(jitter(driven, resolution), 4)},
         "seconds": round(time.time() - t0, 1),

@@ -65,34 +65,69 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
         raise UserError(f"cannot decode video {path}: {exc}") from None
 
 
+class DecodableFrames:
+    """The frames of a video up to the first decoding error, one at a time; iterate it as often as needed
+    (each pass decodes the file again, so memory does not grow with the video's length). `damaged` is set
+    once a pass has met an error."""
+
+    def __init__(self, path: str | Path):
+        self.path, self.damaged = Path(path), False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        try:
+            yield from iter_frames(self.path)
+        except UserError:
+            self.damaged = True  # keep what decoded before the damage
+
+
 def read_frames(path: str | Path) -> np.ndarray:
     return np.stack(list(iter_frames(path)))
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int] | None:
-    """(samples as float32 (channels, n), sample rate) of the first audio stream, or None."""
+def iter_audio(path: str | Path) -> tuple[Iterator[np.ndarray], int] | None:
+    """(mono float32 sample chunks, sample rate) of the first audio stream, decoded as they are taken; None
+    without audio."""
     with av.open(str(path)) as c:
         if not c.streams.audio:
             return None
-        stream = c.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=stream.rate)
-        chunks = [r.to_ndarray() for f in c.decode(stream) for r in resampler.resample(f)]
-        chunks += [r.to_ndarray() for r in resampler.resample(None)]
-        return (np.concatenate(chunks, axis=1) if chunks else np.zeros((1, 0), np.float32)), stream.rate
+        rate = c.streams.audio[0].rate
+
+    def chunks() -> Iterator[np.ndarray]:
+        with av.open(str(path)) as c:
+            resampler = av.AudioResampler(format="fltp", layout="mono", rate=rate)
+            for f in c.decode(c.streams.audio[0]):
+                for r in resampler.resample(f):
+                    yield r.to_ndarray().reshape(-1)
+            for r in resampler.resample(None):
+                yield r.to_ndarray().reshape(-1)
+
+    return chunks(), rate
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int] | None:
+    """(samples as float32 (channels, n), sample rate) of the first audio stream, or None."""
+    audio = iter_audio(path)
+    if audio is None:
+        return None
+    chunks = list(audio[0])
+    return (np.concatenate(chunks)[None] if chunks else np.zeros((1, 0), np.float32)), audio[1]
 
 
 def write_video(
     path: str | Path,
     frames: Iterable[np.ndarray],
     fps: float = 25.0,
-    audio: np.ndarray | None = None,
+    audio: np.ndarray | Iterable[np.ndarray] | None = None,
     sample_rate: int = 16000,
+    audio_to_video_end: bool = False,
     crf: int = 18,
     preset: str = "medium",
     threads: int = 1,
 ) -> Path:
-    """Encode RGB uint8 frames as H.264 (yuv420p) with an optional mono float32 AAC track.
-    Written to a temporary name and renamed, so an interrupted write leaves nothing under `path`."""
+    """Encode RGB uint8 frames as H.264 (yuv420p) with an optional mono float32 AAC track: one array, or
+    chunks of samples taken one at a time after the frames (a stream: nothing is held). `audio_to_video_end`
+    cuts the audio where the video ends. Written to a temporary name and renamed, so an interrupted write
+    leaves nothing under `path`."""
     path = Path(path)
     with partial_file(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as c:
         rate = Fraction(fps).limit_denominator(1001)
@@ -104,21 +139,38 @@ def write_video(
         if audio is not None:
             a = c.add_stream("aac", rate=sample_rate)
             a.layout = "mono"
-        first = True
+        count = 0
         for img in frames:
-            if first:
+            if count == 0:
                 v.height, v.width = img.shape[:2]
-                first = False
+            count += 1
             for packet in v.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
                 c.mux(packet)
         c.mux(v.encode())
         if a is not None:
-            samples = np.ascontiguousarray(audio.reshape(1, -1).astype(np.float32))
-            step = 1024
-            for start in range(0, samples.shape[1], step):
-                frame = av.AudioFrame.from_ndarray(samples[:, start : start + step], format="fltp", layout="mono")
-                frame.sample_rate = sample_rate
-                frame.pts = start
-                c.mux(a.encode(frame))
-            c.mux(a.encode())
+            limit = int(round(count / fps * sample_rate)) if audio_to_video_end else None
+            _encode_audio(c, a, [audio] if isinstance(audio, np.ndarray) else audio, sample_rate, limit)
     return path
+
+
+def _encode_audio(container, stream, chunks: Iterable[np.ndarray], sample_rate: int, limit: int | None,
+                  step: int = 1024) -> None:
+    """Mono float32 samples, in chunks of any length, encoded in frames of `step` (up to `limit` samples)."""
+    pending, pts = np.zeros(0, np.float32), 0
+    for chunk in chunks:
+        pending = np.concatenate([pending, np.asarray(chunk, np.float32).reshape(-1)])
+        if limit is not None:
+            pending = pending[: max(0, limit - pts)]
+        while len(pending) >= step:
+            pts = _audio_frame(container, stream, pending[:step], sample_rate, pts)
+            pending = pending[step:]
+    if len(pending):
+        _audio_frame(container, stream, pending, sample_rate, pts)
+    container.mux(stream.encode())
+
+
+def _audio_frame(container, stream, samples: np.ndarray, sample_rate: int, pts: int) -> int:
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None]), format="fltp", layout="mono")
+    frame.sample_rate, frame.pts = sample_rate, pts
+    container.mux(stream.encode(frame))
+    return pts + len(samples)

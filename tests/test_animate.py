@@ -261,3 +261,174 @@ def test_controls_that_make_no_sense_are_refused_when_parsed(capsys):
         with pytest.raises(SystemExit) as exc:
             animate.parse_args([*base, *extra])
         assert exc.value.code == 2 and expect in capsys.readouterr().err
+
+
+def _two_faces(fixtures_dir, path):
+    """Two real portraits side by side on white (the right one smaller), written to `path`."""
+    a = cv2.imread(str(fixtures_dir / "portraits" / "portrait_a.jpg"))
+    b = cv2.imread(str(fixtures_dir / "portraits" / "portrait_b.jpg"))
+    b = cv2.resize(b, None, fx=0.6 * a.shape[0] / b.shape[0], fy=0.6 * a.shape[0] / b.shape[0])
+    two = np.full((max(a.shape[0], b.shape[0]), a.shape[1] + b.shape[1], 3), 255, np.uint8)
+    two[: a.shape[0], : a.shape[1]] = a
+    two[: b.shape[0], a.shape[1] :] = b
+    cv2.imwrite(str(path), two)
+    return path, a.shape[1]
+
+
+def test_paste_back_changes_only_the_feathered_face_mask(portrait):
+    """Real portrait, real landmarks: every pixel where the feathered mask is 0 is the picture's own, bit for
+    bit; inside the face the generated crop shows; the mask is soft (no hard step at its edge)."""
+    from src.faces.identity import make_embedder
+    from src.faces.paste import colour_map, face_mask, paste_back
+    from src.faces.tracking import crop_frame
+
+    src = inference.prepare_source(portrait, 128, make_embedder("dlib"))
+    mask = face_mask([src.landmarks], 128)
+    assert mask.max() == 1.0 and 0.1 < (mask > 0).mean() < 0.8
+    assert 0 < ((mask > 0.05) & (mask < 0.95)).mean() < 0.5 * (mask > 0).mean()  # a feathered rim
+    face = np.full((128, 128, 3), (200, 40, 40), np.uint8)
+    out = paste_back(src.picture, src.box, face, mask)
+    big_mask = np.zeros(src.picture.shape[:2], np.float32)
+    cx, cy, side = src.box
+    s = int(round(side))
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    window = big_mask[max(0, y0) : y0 + s, max(0, x0) : x0 + s]
+    resized = cv2.resize(mask, (s, s), interpolation=cv2.INTER_LINEAR)
+    window[...] = resized[max(0, -y0) : max(0, -y0) + window.shape[0], max(0, -x0) : max(0, -x0) + window.shape[1]]
+    untouched = big_mask == 0
+    assert untouched.mean() > 0.5
+    np.testing.assert_array_equal(out[untouched], src.picture[untouched])
+    inside = big_mask > 0.99
+    assert np.abs(out[inside].astype(int) - (200, 40, 40)).max() <= 3  # alpha 0.99..1
+    # colour matching: a face generated too dark takes on the picture's face colours, inside the mask
+    reference = crop_frame(src.picture, src.box, 128)
+    dark = (reference * 0.6).astype(np.uint8)
+    cmap = colour_map(dark, reference, mask)
+    matched = paste_back(src.picture, src.box, dark, mask, cmap)
+    plain = paste_back(src.picture, src.box, dark, mask)
+    err = lambda img: np.abs(img[inside].astype(float) - src.picture[inside]).mean()  # noqa: E731
+    assert err(matched) < 0.5 * err(plain)
+    np.testing.assert_array_equal(matched[untouched], src.picture[untouched])
+
+
+def test_face_all_animates_both_faces_and_leaves_the_rest(tiny_generator_ckpt, fixtures_dir, driving_clip, tmp_path,
+                                                          capsys):
+    two, split = _two_faces(fixtures_dir, tmp_path / "two.jpg")
+    listed = animate.main(["--source", str(two), "--list-faces"])
+    faces = json.loads(capsys.readouterr().out)
+    assert listed == 0 and [f["face"] for f in faces] == [1, 2]
+    assert faces[0]["box"][2] <= split <= faces[1]["box"][0] and faces[0]["width"] > faces[1]["width"]
+    clip = write_video(tmp_path / "d.mp4", read_frames(driving_clip)[:16], fps=25)
+    common = ["--checkpoint", tiny_generator_ckpt, "--source", two, "--driving", clip]
+    code, _, err = run(capsys, *common, "--output", tmp_path / "three.mp4", "--face", "3")
+    assert code == 2 and "--face 3" in err and "has 2 face(s)" in err and "1 at x" in err and "2 at x" in err
+    code, summary, err = run(capsys, *common, "--output", tmp_path / "all.mp4", "--face", "all")
+    assert code == 0, err
+    assert summary["faces_animated"] == [1, 2] and summary["paste_back"] and summary["colour_match"]
+    picture = cv2.imread(str(two))[:, :, ::-1].astype(int)
+    out = read_frames(tmp_path / "all.mp4").astype(int)
+    h, w = out.shape[1:3]
+    assert (w, h) == (picture.shape[1] // 2 * 2, picture.shape[0] // 2 * 2)
+    diff = np.abs(out - picture[:h, :w][None]).mean(axis=(0, 3))  # (h, w), over frames and channels
+    # H.264's own noise on each face's box: the picture itself through the same encoder
+    still = read_frames(write_video(tmp_path / "still.mp4", [picture[:h, :w].astype(np.uint8)] * 2, fps=25)).astype(int)
+    boxes = [(slice(f["box"][1], f["box"][3]), slice(f["box"][0], f["box"][2])) for f in faces]
+    noise = [np.abs(still - picture[:h, :w][None]).mean(axis=(0, 3))[b].mean() for b in boxes]
+    in_boxes = [diff[b].mean() for b in boxes]
+    assert all(c > 2 * n for c, n in zip(in_boxes, noise)), (in_boxes, noise)  # each face changed (6.3, 5.9 vs 1.9, 2.4)
+    # far from both faces (outside their crop squares) the picture is kept, up to the codec's noise
+    far = np.ones((h, w), bool)
+    for f in faces:
+        x0, y0, x1, y1 = f["box"]
+        m = (x1 - x0)
+        far[max(0, y0 - 2 * m) : y1 + 2 * m, max(0, x0 - m) : x1 + m] = False
+    assert far.mean() > 0.05 and diff[far].mean() < 1.5, diff[far].mean()
+    # --face 2 alone: only the right face changes
+    code, summary, err = run(capsys, *common, "--output", tmp_path / "second.mp4", "--face", "2", "--paste-back")
+    assert code == 0 and summary["faces_animated"] == [2]
+    diff2 = np.abs(read_frames(tmp_path / "second.mp4").astype(int) - picture[:h, :w][None]).mean(axis=(0, 3))
+    in_boxes2 = [diff2[b].mean() for b in boxes]
+    assert in_boxes2[0] < 1.2 * noise[0] + 0.2 and in_boxes2[1] > 0.8 * in_boxes[1], (in_boxes2, in_boxes, noise)
+
+
+def test_video_to_video_keeps_the_source_videos_head_and_stops_at_the_shorter(tiny_generator_ckpt, fixtures_dir,
+                                                                              tmp_path, capsys):
+    """The source video's head moves in the output as it does in the source video (MediaPipe on the generated
+    frames); the driver's head motion does not come in; the output has the shorter video's length; source
+    frames without a face hold the last good one, and are counted."""
+    from src.faces.identity import make_embedder
+
+    clips = sorted((fixtures_dir / "voxceleb2_mini" / "test" / "mp4").glob("*/*/*.mp4"))
+    source_frames = read_frames(clips[1])[:40].copy()  # a head that moves 8 px (at 64) in 30 frames
+    source_frames[20:23] = 0  # three black frames: the face is lost there
+    source = write_video(tmp_path / "source.mp4", source_frames, fps=25)
+    driver = write_video(tmp_path / "driver.mp4", read_frames(clips[0])[:30], fps=25)  # a head that stays
+    code, summary, err = run(capsys, "--checkpoint", tiny_generator_ckpt, "--source", source, "--driving", driver,
+                             "--output", tmp_path / "v2v.mp4", "--video-to-video")
+    assert code == 0, err
+    assert summary["frames"] == 30 == probe(tmp_path / "v2v.mp4").frames  # the driver is the shorter
+    assert summary["source_frames"] == 40 and summary["source_frames_face_lost"] == 3 and "lost on 3 of 40" in err
+    src_video = inference.prepare_source_video(source, 64, make_embedder("dlib"))
+    assert list(src_video.held[19:24]) == [19, 19, 19, 19, 23]
+    pictures = list(src_video.pictures())
+    assert len(pictures) == 40 and np.array_equal(pictures[21], pictures[19]) and pictures[21].mean() > 20
+    drv = inference.prepare_driving(driver, 64).landmarks
+    out = _mesh_of(tmp_path / "v2v.mp4")
+    nose = lambda lm: lm[:, [1, 4, 5, 195], :2].mean(1)  # noqa: E731  (the nose moves with the head)
+    moved = lambda lm: np.linalg.norm(nose(lm) - nose(lm)[:1], axis=-1)  # noqa: E731
+    src_path, drv_path, out_path = moved(src_video.landmarks[:30]), moved(drv[:30]), moved(out)
+    # when written: correlation 0.996 with the source's path, 0.46 with the driver's; 0.38 px from the source's
+    # nose, 2.9 px from the driver's
+    assert np.corrcoef(out_path, src_path)[0, 1] > 0.9 > np.corrcoef(out_path, drv_path)[0, 1]
+    err_source, err_driver = (np.abs(nose(out) - nose(lm[:30])).mean() * 64 for lm in (src_video.landmarks, drv))
+    assert err_source < 1.0 and err_source < 0.4 * err_driver, (err_source, err_driver)
+    # a shorter source: the output stops with it
+    code, summary, err = run(capsys, "--checkpoint", tiny_generator_ckpt, "--source", driver, "--driving", source,
+                             "--output", tmp_path / "short.mp4", "--video-to-video")
+    assert code == 0 and summary["frames"] == 30 and summary["source_frames"] == 30
+
+
+def test_video_to_video_landmarks_keep_the_source_pose_and_take_the_drivers_mouth(portrait, fixtures_dir):
+    from src.faces.align import similarity_transform
+    from src.faces.motion import RIGID, mouth_opening, onto_video
+
+    clips = sorted((fixtures_dir / "voxceleb2_mini" / "test" / "mp4").glob("*/*/*.mp4"))
+    src = inference.prepare_driving(clips[0], 256).landmarks
+    drv = inference.prepare_driving(clips[1], 256).landmarks
+    out = onto_video(src, drv)
+    assert len(out) == min(len(src), len(drv)) and len(onto_video(src[:10], drv)) == 10
+    np.testing.assert_allclose(out[0], src[0], atol=1e-6)  # frame 0: the source frame itself
+    # the head: each output frame sits where its source frame does (skull points, up to the similarity)
+    residual = [np.abs(similarity_transform(s[RIGID, :2], o[RIGID, :2]) - np.eye(2, 3)).max()
+                for s, o in zip(src, out)]
+    assert max(residual) < 0.02
+    n = len(out)
+    driver_mouth = mouth_opening(drv[:n]) - mouth_opening(drv[0])
+    added = mouth_opening(out) - mouth_opening(src[:n])
+    assert np.corrcoef(driver_mouth, added)[0, 1] > 0.9
+
+
+def test_new_controls_refused_when_they_make_no_sense(capsys, tmp_path):
+    from src.errors import UserError
+    from src.faces.motion import check_pose
+
+    base = ["--checkpoint", "c.ckpt", "--source", "s.mp4", "--driving", "d.mp4", "--output", "o.mp4"]
+    for extra, expect in ((["--video-to-video", "--face", "all"], "--face does not apply"),
+                          (["--video-to-video", "--motion", "absolute"], "--motion absolute does not apply"),
+                          (["--video-to-video", "--motion-parts", "pose"], "--motion-parts does not apply"),
+                          (["--no-colour-match"], "add --paste-back"),
+                          (["--face", "0"], "not largest, all or a face number"),
+                          (["--face", "left"], "not largest, all or a face number")):
+        with pytest.raises(SystemExit) as exc:
+            animate.parse_args([*base, *extra])
+        assert exc.value.code == 2 and expect in capsys.readouterr().err, extra
+    with pytest.raises(SystemExit):
+        animate.parse_args(["--source", "s.jpg", "--driving", "d.mp4"])
+    assert "--checkpoint, --output" in capsys.readouterr().err
+    assert animate.parse_args(["--source", "s.jpg", "--list-faces"]).list_faces
+    collapsed = np.zeros((478, 3), np.float32)
+    collapsed[:, 0] = np.linspace(0.2, 0.8, 478)  # every point on one line: no pose
+    with pytest.raises(UserError, match="no measurable head pose"):
+        check_pose(collapsed, "--source x.jpg")
+    with pytest.raises(UserError, match="not finite"):
+        check_pose(np.full((478, 3), np.nan), "--source x.jpg")

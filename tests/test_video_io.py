@@ -51,3 +51,22 @@ def test_corrupt_and_empty_files_give_clear_errors(tmp_path, fixtures_dir):
             probe(path)
         with pytest.raises(UserError):
             list(iter_frames(path))
+
+
+def test_audio_streams_in_chunks_and_can_be_cut_at_the_video_end(tmp_path):
+    rate = 16000
+    tone = (0.3 * np.sin(np.arange(2 * rate) / rate * 2 * np.pi * 440)).astype(np.float32)  # 2 s
+    frames = [np.full((32, 32, 3), i * 10, np.uint8) for i in range(25)]                    # 1 s at 25 fps
+    sizes = [1, 777, 5000, 3, 20000]  # chunks of any length, taken one at a time after the frames
+    chunks = np.split(tone, np.cumsum(sizes))
+    whole = write_video(tmp_path / "whole.mp4", frames, fps=25, audio=iter(chunks), sample_rate=rate)
+    cut = write_video(tmp_path / "cut.mp4", frames, fps=25, audio=iter(chunks), sample_rate=rate,
+                      audio_to_video_end=True)
+    samples_whole, _ = read_audio(whole)
+    samples_cut, _ = read_audio(cut)
+    assert abs(samples_whole.shape[1] / rate - 2.0) < 0.1 and abs(samples_cut.shape[1] / rate - 1.0) < 0.1
+    # the same tone as written in one array
+    one = write_video(tmp_path / "one.mp4", frames, fps=25, audio=tone, sample_rate=rate)
+    a, b = read_audio(one)[0], samples_whole
+    n = min(a.shape[1], b.shape[1])
+    assert np.abs(a[:, :n] - b[:, :n]).max() < 1e-3

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from src.errors import UserError
 from src.faces.align import similarity_transform
 from src.faces.topology import (
     LEFT_EYE_LOWER,
@@ -69,17 +70,9 @@ def transfer_motion(source: np.ndarray, driving: np.ndarray, mode: str = "relati
     driving = np.asarray(driving, np.float64)
     delta = driving - driving[:1]
     if (parts, expression_scale, eyes, lips, lip_scale) != ("both", 1.0, "driving", "driving", 1.0):
-        pose, expression = split_motion(driving)
-        weight = np.full(driving.shape[1], expression_scale if parts != "pose" else 0.0)
-        mouth = lower_face(driving[0])
-        weight[mouth] *= 0.0 if lips == "source" else lip_scale
-        if eyes == "source":
-            weight[EYES] = 0.0
-        elif eyes == "open":  # the expression of the driver's widest-open frame, carried by each frame's pose
-            widest = int(np.argmax(eye_opening(driving)))
-            held = split_motion(driving, hold=widest)[1]
-            expression[:, EYES] = held[:, EYES]
-        delta = (pose if parts != "expression" else 0) + weight[None, :, None] * expression
+        pose, _ = split_motion(driving)
+        expression = driven_expression(driving, expression_scale if parts != "pose" else 0.0, eyes, lips, lip_scale)
+        delta = (pose if parts != "expression" else 0) + expression
     if mode == "absolute":
         return _close_eyes(driving[:1] + delta) if eyes == "closed" else (driving[:1] + delta).astype(np.float32)
     source = np.asarray(source, np.float64)
@@ -90,6 +83,52 @@ def transfer_motion(source: np.ndarray, driving: np.ndarray, mode: str = "relati
     out[..., :2] = source[None, :, :2] + delta[..., :2] @ linear.T
     out[..., 2] = source[None, :, 2] + scale * delta[..., 2]
     return _close_eyes(out) if eyes == "closed" else out.astype(np.float32)
+
+
+def driven_expression(driving: np.ndarray, expression_scale: float = 1.0, eyes: str = "driving",
+                      lips: str = "driving", lip_scale: float = 1.0, carried: bool = True) -> np.ndarray:
+    """The driver's expression term (T, 478, 3) weighted by the controls (scale; eyes and lips: see the module's
+    docstring). `carried=False`: measured in the driver's first-frame pose, not carried by its current one."""
+    expression = split_motion(driving, carried=carried)[1]
+    weight = np.full(driving.shape[1], float(expression_scale))
+    weight[lower_face(driving[0])] *= 0.0 if lips == "source" else lip_scale
+    if eyes == "source":
+        weight[EYES] = 0.0
+    elif eyes == "open":  # the expression of the driver's widest-open frame, carried by each frame's pose
+        widest = int(np.argmax(eye_opening(driving)))
+        expression[:, EYES] = split_motion(driving, hold=widest, carried=carried)[1][:, EYES]
+    return weight[None, :, None] * expression
+
+
+def onto_video(source: np.ndarray, driving: np.ndarray, expression_scale: float = 1.0, eyes: str = "driving",
+               lips: str = "driving", lip_scale: float = 1.0) -> np.ndarray:
+    """Video-to-video: (T, 478, 3) landmarks of a source *video* (Ts, 478, 3) that keeps its own head motion
+    and expression and takes on the driver's expression change since its first frame, T = min(Ts, Td) (the
+    shorter of the two). The driver's expression, measured in its first-frame pose, is carried into each
+    source frame by the similarity from the driver's first frame onto that frame (fitted on RIGID points)."""
+    source, driving = np.asarray(source, np.float64), np.asarray(driving, np.float64)
+    n = min(len(source), len(driving))
+    source, driving = source[:n], driving[:n]
+    expression = driven_expression(driving, expression_scale, eyes, lips, lip_scale, carried=False)
+    out = np.empty_like(source)
+    for t in range(n):
+        fit = similarity_transform(driving[0, RIGID, :2], source[t, RIGID, :2])
+        linear = fit[:, :2]
+        out[t, :, :2] = source[t, :, :2] + expression[t, :, :2] @ linear.T
+        out[t, :, 2] = source[t, :, 2] + float(np.sqrt(abs(np.linalg.det(linear)))) * expression[t, :, 2]
+    return _close_eyes(out) if eyes == "closed" else out.astype(np.float32)
+
+
+def check_pose(landmarks: np.ndarray, what: str) -> None:
+    """A UserError unless the face's head pose can be measured: the skull points (RIGID) are finite and spread
+    in both directions (a pose fitted on collinear or collapsed points means nothing)."""
+    rigid = np.asarray(landmarks, np.float64)[RIGID, :2]
+    if not np.isfinite(rigid).all():
+        raise UserError(f"{what}: its landmarks are not finite, so its head pose cannot be measured")
+    spread = np.linalg.svd(rigid - rigid.mean(0), compute_uv=False) / np.sqrt(len(RIGID))
+    if spread.min() < 0.1 * max(spread.max(), 1e-12) or spread.max() < 1e-3:
+        raise UserError(f"{what}: its face gives no measurable head pose (the skull landmarks are collapsed or in "
+                        f"a line), which --motion-parts expression needs; use --motion-parts both")
 
 
 def _close_eyes(landmarks: np.ndarray, gap: float = 0.1) -> np.ndarray:
@@ -113,10 +152,11 @@ def eye_opening(landmarks: np.ndarray) -> np.ndarray:
     return gap / inter_ocular(lm)
 
 
-def split_motion(driving: np.ndarray, hold: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_motion(driving: np.ndarray, hold: int | None = None, carried: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(pose, expression), each (T, 478, 3), of (T, 478, 3) driving landmarks: the two terms of the module's
     docstring, which add up to driving - driving[0]. z follows the pose's scale. `hold`: every frame's
-    expression is that of frame `hold` (measured in the first frame's pose), carried by each frame's own pose."""
+    expression is that of frame `hold` (measured in the first frame's pose), carried by each frame's own pose.
+    `carried=False`: the expression left in the first frame's pose, P_t^-1(d_t) - d_0."""
     d = np.asarray(driving, np.float64)
     d0 = d[0]
     fits = [similarity_transform(d0[RIGID, :2], dt[RIGID, :2]) for dt in d]  # P_t: d_0 -> d_t
@@ -130,6 +170,8 @@ def split_motion(driving: np.ndarray, hold: int | None = None) -> tuple[np.ndarr
         lin_k, shift_k = fits[k][:, :2], fits[k][:, 2]
         scale_k = float(np.sqrt(abs(np.linalg.det(lin_k))))
         neutral = (d[k, :, :2] - shift_k) @ np.linalg.inv(lin_k).T - d0[:, :2]  # P_k^-1(d_k) - d_0
+        if not carried:
+            scale, lin = 1.0, np.eye(2)
         expression[t, :, :2] = neutral @ lin.T                                   # carried by L_t
         expression[t, :, 2] = scale * (d[k, :, 2] / scale_k - d0[:, 2])
     return pose, expression

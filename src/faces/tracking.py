@@ -1,6 +1,8 @@
 """Following the main face through a clip and cropping one stable square around the head."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import cv2
 import numpy as np
 
@@ -17,20 +19,36 @@ def _iou(a, b) -> float:
 
 
 def detect_sampled(frames: list[np.ndarray], every: int) -> dict[int, list]:
-    """Face boxes on every `every`-th frame (and the last). Frames are shrunk to <= 640 px for speed; when
-    that finds nothing anywhere, the full frames are searched again upsampled, for small faces."""
-    idx = sorted(set(range(0, len(frames), every)) | {len(frames) - 1})
-    h, w = frames[0].shape[:2]
+    """Face boxes on every `every`-th frame (and the last) of a list of frames (see detect_in_stream)."""
+    return detect_in_stream(lambda: iter(frames), every)[0]
+
+
+def detect_in_stream(open_frames: Callable[[], Iterable[np.ndarray]], every: int) -> tuple[dict[int, list], int]:
+    """(face boxes on every `every`-th frame and the last, number of frames) of the frames `open_frames()`
+    yields, holding one frame at a time. Frames are shrunk to <= 640 px for speed; when that finds nothing
+    anywhere, the sampled frames are read again (a second `open_frames()`) and searched upsampled, for small
+    faces."""
+    found, last, count = {}, None, 0
+    for i, frame in enumerate(open_frames()):
+        if i % every == 0:
+            found[i] = _detect_shrunk(frame)
+        last, count = frame, i + 1
+    if last is not None and count - 1 not in found:
+        found[count - 1] = _detect_shrunk(last)
+    del last
+    if found and not any(found.values()):
+        found = {i: detect_faces(frame, upsample=1) for i, frame in enumerate(open_frames()) if i in found}
+    return found, count
+
+
+def _detect_shrunk(frame: np.ndarray) -> list:
+    h, w = frame.shape[:2]
     scale = min(1.0, 640.0 / max(h, w))
-    found = {}
-    for i in idx:
-        small = cv2.resize(frames[i], None, fx=scale, fy=scale,
-                           interpolation=cv2.INTER_AREA) if scale < 1 else frames[i]
-        found[i] = [Box(b.left / scale, b.top / scale, b.right / scale, b.bottom / scale, b.score)
-                    for b in detect_faces(small, upsample=0)]
-    if not any(found.values()):
-        found = {i: detect_faces(frames[i], upsample=1) for i in idx}
-    return found
+    if scale == 1.0:
+        return detect_faces(frame, upsample=0)
+    small = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return [Box(b.left / scale, b.top / scale, b.right / scale, b.bottom / scale, b.score)
+            for b in detect_faces(small, upsample=0)]
 
 
 def main_track(detections: dict[int, list]) -> tuple[list, int]:
