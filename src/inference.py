@@ -66,6 +66,8 @@ class SourceVideo:
     landmarks: np.ndarray  # (T, 478, 3), the held frame's where the face was lost
     held: np.ndarray       # (T,) int: the frame whose picture and landmarks frame t uses
     fps: float
+    truncated: bool = False  # damaged: a decoding error, or fewer frames than the container declares
+    declared: int = 0
 
     @property
     def lost(self) -> int:
@@ -266,7 +268,7 @@ def prepare_source_video(path: Path, resolution: int, embedder, progress: bool =
     stand in where the face is lost, and the identity embedding of its first frame with a face."""
     from src.faces.landmarks import FaceMesh
     from src.paths import require_file
-    from src.video_io import DecodableFrames, probe
+    from src.video_io import DecodableFrames, probe, short_by
 
     info = probe(require_file(path, "--source", kind="video"))
     frames = DecodableFrames(path)
@@ -285,7 +287,9 @@ def prepare_source_video(path: Path, resolution: int, embedder, progress: bool =
     if not first:
         raise UserError(f"--source {path}: MediaPipe found no landmarks in any frame")
     held = _held(found)
-    return SourceVideo(path, first[0], np.stack([found[k] for k in held]).astype(np.float32), held, info.fps)
+    truncated = frames.damaged or short_by(len(found), info.declared_frames)
+    return SourceVideo(path, first[0], np.stack([found[k] for k in held]).astype(np.float32), held, info.fps,
+                       truncated, info.declared_frames)
 
 
 def identity_embedder(backend: str, id_dim: int):
@@ -454,6 +458,8 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         if video.lost:
             print(f"animate: the face was lost on {video.lost} of {len(video.held)} source frames; held the last "
                   f"good frame there", file=sys.stderr)
+        if video.truncated:
+            print(damage_warning("animate", source, len(video.held), video.declared), file=sys.stderr)
     else:
         video, sources = None, prepare_sources(source, resolution, embedder, face)
     if motion_parts == "expression":
