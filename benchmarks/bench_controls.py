@@ -15,27 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import FIXTURES, save
+from benchmarks.common import FIXTURES, save, untrained_generator
 
 
 def main() -> None:
     import cv2
-    import torch
-    from omegaconf import OmegaConf
 
-    from src.checkpoints import generator_checkpoint, save_checkpoint
-    from src.config import compose
     from src.faces.landmarks import FaceMesh
     from src.faces.motion import eye_opening, mouth_opening
     from src.inference import animate, prepare_driving
-    from src.models.generator import build_generator
     from src.video_io import read_frames, write_video
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_controls_"))
-    cfg = OmegaConf.to_container(compose("refine", ["model=demo"]), resolve=True)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(generator_checkpoint(build_generator(OmegaConf.create(cfg["model"]), 128), cfg, 128),
-                           tmp / "demo.ckpt")
+    ckpt = untrained_generator(tmp / "demo.ckpt", ["model=demo"])
     clip = sorted((FIXTURES / "voxceleb2_mini" / "test" / "mp4").glob("*/*/*.mp4"))[0]
     blink = int(np.argmin(eye_opening(prepare_driving(clip, 256).landmarks)))
     lo = max(0, blink - 20)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import FIXTURES, save
+from benchmarks.common import FIXTURES, save, untrained_generator
 
 
 def square_alpha(s: int, feather: float = 0.08) -> np.ndarray:
@@ -32,22 +32,16 @@ def square_alpha(s: int, feather: float = 0.08) -> np.ndarray:
 def main() -> None:
     import cv2
     import torch
-    from omegaconf import OmegaConf
 
-    from src.checkpoints import generator_checkpoint, load_generator, save_checkpoint
-    from src.config import compose
+    from src.checkpoints import load_generator
     from src.faces.identity import make_embedder
     from src.faces.motion import mouth_opening, transfer_motion
     from src.faces.paste import colour_map, face_mask, paste_back
     from src.faces.tracking import crop_frame
     from src.inference import generate, prepare_driving, prepare_source
-    from src.models.generator import build_generator
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_paste_"))
-    cfg = OmegaConf.to_container(compose("refine", ["model=demo"]), resolve=True)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(generator_checkpoint(build_generator(OmegaConf.create(cfg["model"]), 128), cfg, 128),
-                           tmp / "demo.ckpt")
+    ckpt = untrained_generator(tmp / "demo.ckpt", ["model=demo"])
     generator, _, _ = load_generator(ckpt)
     portrait = FIXTURES / "portraits" / "portrait_a.jpg"
     clip = sorted((FIXTURES / "voxceleb2_mini" / "test" / "mp4").glob("*/*/*.mp4"))[0]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import FIXTURES, save
+from benchmarks.common import FIXTURES, save, untrained_generator
 
 FPS = 25
 
@@ -49,18 +49,13 @@ def looped_video(clip: Path, seconds: float, out: Path) -> Path:
 
 def checkpoints(folder: Path) -> tuple[Path, Path]:
     """An untrained 256-px generator and a 256 -> 512 SR net, as checkpoints src.animate reads."""
-    import torch
     from omegaconf import OmegaConf
 
-    from src.checkpoints import SR_NET, generator_checkpoint, save_checkpoint
+    from src.checkpoints import SR_NET, save_checkpoint
     from src.config import compose
-    from src.models.generator import build_generator
     from src.models.temporal_sr import build_sr
 
-    torch.manual_seed(0)
-    cfg = OmegaConf.to_container(compose("refine", ["model=tiny", "model.resolution=256"]), resolve=True)
-    gen = save_checkpoint(generator_checkpoint(build_generator(OmegaConf.create(cfg["model"]), 128), cfg, 128),
-                          folder / "gen256.ckpt")
+    gen = untrained_generator(folder / "gen256.ckpt", ["model=tiny", "model.resolution=256"])
     sr_cfg = OmegaConf.to_container(compose("sr", ["model=tiny", "model.resolution=256", "model.sr.out_size=512"]),
                                     resolve=True)
     net = build_sr(OmegaConf.create(sr_cfg["model"]))

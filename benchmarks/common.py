@@ -38,3 +38,19 @@ def save(name: str, result: dict) -> Path:
     path.write_text(json.dumps({**result, "machine": machine()}, indent=1))
     print(json.dumps(result, indent=1))
     return path
+
+
+def untrained_generator(path: Path, overrides: list[str], id_dim: int = 128) -> Path:
+    """A generator checkpoint of randomly initialised networks (seed 0) for the refine stage composed with
+    `overrides` (e.g. ["model=demo"]): what the speed, memory and control benchmarks animate with."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from src.checkpoints import generator_checkpoint, save_checkpoint
+    from src.config import compose
+    from src.models.generator import build_generator
+
+    cfg = OmegaConf.to_container(compose("refine", overrides), resolve=True)
+    torch.manual_seed(0)
+    return save_checkpoint(generator_checkpoint(build_generator(OmegaConf.create(cfg["model"]), id_dim), cfg, id_dim),
+                           path)

@@ -150,26 +150,22 @@ def select_faces(boxes: list, face: str, path: Path) -> list[tuple[int, object]]
     return [numbered[k - 1]]
 
 
-def _source_at(picture: np.ndarray, box: tuple, resolution: int, embedder, mesh) -> Source | None:
-    """The Source cut from `picture` at the crop square `box`; None when MediaPipe finds no face there."""
+def _source_from(picture: np.ndarray, box: tuple, landmarks: np.ndarray, resolution: int, embedder) -> Source:
+    """The Source cut from `picture` at the crop square `box`, whose face has `landmarks`."""
     from src.faces.identity import clip_embedding
-    from src.faces.landmarks import centred_face
     from src.faces.tracking import crop_frame
 
-    crop = crop_frame(picture, box, resolution)
-    faces = mesh(crop if resolution >= MESH_SIZE else crop_frame(picture, box, MESH_SIZE))
-    if not centred_face(faces):
-        return None
     # the identity embedding from the sharpest crop available, as preprocessing does (512 when possible)
     id_crop = crop_frame(picture, box, 512 if box[2] >= 0.85 * 512 else max(resolution, MESH_SIZE))
-    return Source(crop, faces[0], clip_embedding(embedder, [id_crop], [faces[0]]), picture, box)
+    return Source(crop_frame(picture, box, resolution), landmarks, clip_embedding(embedder, [id_crop], [landmarks]),
+                  picture, box)
 
 
 def prepare_sources(path: Path, resolution: int, embedder, face: str = "largest") -> list[Source]:
     """The source faces of a picture (or a video's first frame) that `face` asks for (largest, all, INDEX).
     Under `all`, faces MediaPipe cannot mesh are skipped with a message; otherwise they are an error."""
-    from src.faces.landmarks import FaceMesh
-    from src.faces.tracking import CROP_SCALE, crop_box
+    from src.faces.landmarks import FaceMesh, centred_face
+    from src.faces.tracking import CROP_SCALE, crop_box, crop_frame
 
     picture = read_picture(path)
     boxes = find_faces(picture)
@@ -180,14 +176,16 @@ def prepare_sources(path: Path, resolution: int, embedder, face: str = "largest"
     sources = []
     with FaceMesh(static=True) as mesh:
         for index, det in chosen:
-            source = _source_at(picture, crop_box([det], CROP_SCALE), resolution, embedder, mesh)
-            if source is None and face != "all":
+            box = crop_box([det], CROP_SCALE)
+            faces = mesh(crop_frame(picture, box, max(resolution, MESH_SIZE)))
+            if not centred_face(faces) and face != "all":
                 raise UserError(f"--source {path}: a face was detected but MediaPipe found no landmarks on it "
                                 f"(too small, turned away or occluded?)")
-            if source is None:
+            if not centred_face(faces):
                 print(f"animate: face {index} of {path.name} has no MediaPipe landmarks (too small, turned away "
                       f"or occluded?); it is left as it is", file=sys.stderr)
                 continue
+            source = _source_from(picture, box, faces[0], resolution, embedder)
             source.faces_found, source.index = len(boxes), index
             sources.append(source)
     if not sources:
@@ -198,40 +196,6 @@ def prepare_sources(path: Path, resolution: int, embedder, face: str = "largest"
 def prepare_source(path: Path, resolution: int, embedder) -> Source:
     """The largest face of a picture (or a video's first frame)."""
     return prepare_sources(path, resolution, embedder, "largest")[0]
-
-
-def _track_video(frames, what: str, path: Path) -> tuple[tuple, int]:
-    """(the clip's stable crop square, frames decoded): the main face followed through a decoding pass."""
-    from src.faces.tracking import CROP_SCALE, crop_box, detect_in_stream, main_track
-
-    detections, count = detect_in_stream(lambda: iter(frames), DETECT_EVERY)
-    if count < 2:
-        raise UserError(f"{what} {path}: {count} decodable frame(s); a video needs at least 2 here")
-    track, _ = main_track(detections)
-    if not track:
-        raise UserError(f"{what} {path}: no face found")
-    return crop_box(track, CROP_SCALE), count
-
-
-def _landmarks_along(frames, box: tuple, resolution: int, total: int, desc: str, progress: bool,
-                     on_frame=None) -> list:
-    """MediaPipe's landmarks (or None) of every frame's crop, in a second decoding pass; `on_frame(t, frame,
-    landmarks)` sees each frame with its landmarks."""
-    from tqdm import tqdm
-
-    from src.faces.landmarks import FaceMesh, centred_face
-    from src.faces.tracking import crop_frame
-
-    out = []
-    with FaceMesh(static=False, max_faces=1) as mesh, tqdm(total=total, desc=desc, unit="frame",
-                                                          disable=not progress, dynamic_ncols=True) as bar:
-        for t, frame in enumerate(frames):
-            faces = mesh(crop_frame(frame, box, max(resolution, MESH_SIZE)))
-            out.append(faces[0] if centred_face(faces) else None)
-            if on_frame is not None:
-                on_frame(t, frame, out[-1])
-            bar.update()
-    return out
 
 
 def _held(found: list) -> np.ndarray:
@@ -245,51 +209,72 @@ def _held(found: list) -> np.ndarray:
     return held
 
 
-def prepare_driving(path: Path, resolution: int, progress: bool = False) -> Driving:
-    """The driving clip's landmarks, frame by frame (held from the last good frame where the face is lost)."""
+@dataclass
+class _Tracked:
+    """A video's main face, followed: what prepare_driving and prepare_source_video share."""
+    box: tuple             # the clip's stable crop square
+    landmarks: np.ndarray  # (T, 478, 3), the held frame's where the face was lost
+    held: np.ndarray       # (T,) the frame standing in for each frame (itself where the face was found)
+    fps: float
+    truncated: bool        # damaged: a decoding error, or fewer frames than the container declares
+    declared: int
+
+
+def _track(path: Path, what: str, resolution: int, progress: bool, on_frame=None) -> _Tracked:
+    """Two decoding passes over a video: the main face's crop square (detection every DETECT_EVERY frames), then
+    MediaPipe's landmarks of every frame's crop. `on_frame(frame, box, landmarks)` sees each frame where a face
+    was found."""
+    from tqdm import tqdm
+
+    from src.faces.landmarks import FaceMesh, centred_face
+    from src.faces.tracking import CROP_SCALE, crop_box, crop_frame, detect_in_stream, main_track
     from src.paths import require_file
     from src.video_io import DecodableFrames, probe, short_by
 
-    info = probe(require_file(path, "--driving", kind="video"))
+    info = probe(require_file(path, what, kind="video"))
     frames = DecodableFrames(path)
-    box, count = _track_video(frames, "--driving", path)
-    found = _landmarks_along(frames, box, resolution, count, "driving landmarks", progress)
+    detections, count = detect_in_stream(lambda: iter(frames), DETECT_EVERY)
+    if count < 2:
+        raise UserError(f"{what} {path}: {count} decodable frame(s); a video needs at least 2 here")
+    track, _ = main_track(detections)
+    if not track:
+        raise UserError(f"{what} {path}: no face found")
+    box = crop_box(track, CROP_SCALE)
+    found = []
+    with FaceMesh(static=False, max_faces=1) as mesh, tqdm(total=count, desc=f"{what[2:]} landmarks", unit="frame",
+                                                          disable=not progress, dynamic_ncols=True) as bar:
+        for frame in frames:
+            faces = mesh(crop_frame(frame, box, max(resolution, MESH_SIZE)))
+            found.append(faces[0] if centred_face(faces) else None)
+            if found[-1] is not None and on_frame is not None:
+                on_frame(frame, box, found[-1])
+            bar.update()
     if all(lm is None for lm in found):
-        raise UserError(f"--driving {path}: MediaPipe found no landmarks in any frame")
+        raise UserError(f"{what} {path}: MediaPipe found no landmarks in any frame")
     held = _held(found)
-    landmarks = np.stack([found[k] for k in held]).astype(np.float32)
-    lost = int(sum(lm is None for lm in found))
-    truncated = frames.damaged or short_by(len(found), info.declared_frames)
-    return Driving(landmarks, lost, info.fps, truncated, info.declared_frames)
+    return _Tracked(box, np.stack([found[k] for k in held]).astype(np.float32), held, info.fps,
+                    frames.damaged or short_by(len(found), info.declared_frames), info.declared_frames)
+
+
+def prepare_driving(path: Path, resolution: int, progress: bool = False) -> Driving:
+    """The driving clip's landmarks, frame by frame (held from the last good frame where the face is lost)."""
+    tracked = _track(path, "--driving", resolution, progress)
+    lost = int((tracked.held != np.arange(len(tracked.held))).sum())
+    return Driving(tracked.landmarks, lost, tracked.fps, tracked.truncated, tracked.declared)
 
 
 def prepare_source_video(path: Path, resolution: int, embedder, progress: bool = False) -> SourceVideo:
     """A source video for video-to-video: its main face's crop square, landmarks per frame, the frames that
     stand in where the face is lost, and the identity embedding of its first frame with a face."""
-    from src.faces.landmarks import FaceMesh
-    from src.paths import require_file
-    from src.video_io import DecodableFrames, probe, short_by
-
-    info = probe(require_file(path, "--source", kind="video"))
-    frames = DecodableFrames(path)
-    box, count = _track_video(frames, "--source", path)
     first: list[Source] = []
 
-    def keep_first(t, frame, landmarks):  # the first frame with a face becomes the still Source
-        if landmarks is not None and not first:
-            with FaceMesh(static=True) as mesh:
-                source = _source_at(frame, box, resolution, embedder, mesh)
-            if source is not None:
-                source.landmarks = landmarks  # the tracked landmarks, as every other frame has
-                first.append(source)
+    def keep_first(frame, box, landmarks):  # the first frame with a face becomes the still Source
+        if not first:
+            first.append(_source_from(frame, box, landmarks, resolution, embedder))
 
-    found = _landmarks_along(frames, box, resolution, count, "source landmarks", progress, keep_first)
-    if not first:
-        raise UserError(f"--source {path}: MediaPipe found no landmarks in any frame")
-    held = _held(found)
-    truncated = frames.damaged or short_by(len(found), info.declared_frames)
-    return SourceVideo(path, first[0], np.stack([found[k] for k in held]).astype(np.float32), held, info.fps,
-                       truncated, info.declared_frames)
+    tracked = _track(path, "--source", resolution, progress, keep_first)
+    return SourceVideo(path, first[0], tracked.landmarks, tracked.held, tracked.fps, tracked.truncated,
+                       tracked.declared)
 
 
 def identity_embedder(backend: str, id_dim: int):

@@ -92,14 +92,15 @@ def shards(tmp_path_factory, preprocess_input) -> Path:
 def tiny_generator_ckpt(tmp_path_factory) -> Path:
     """A refine-stage checkpoint of a randomly initialised `tiny` generator (64 px, 128-D dlib identity):
     the format every generator consumer reads, at test speed."""
-    import torch
-    from omegaconf import OmegaConf
+    from benchmarks.common import untrained_generator
 
-    from src.checkpoints import generator_checkpoint, save_checkpoint
-    from src.config import compose
-    from src.models.generator import build_generator
+    return untrained_generator(tmp_path_factory.mktemp("base") / "refine.ckpt", ["model=tiny"])
 
-    cfg = OmegaConf.to_container(compose("refine", ["model=tiny"]), resolve=True)
-    torch.manual_seed(0)
-    gen = build_generator(OmegaConf.create(cfg["model"]), 128)
-    return save_checkpoint(generator_checkpoint(gen, cfg, 128), tmp_path_factory.mktemp("base") / "refine.ckpt")
+
+@pytest.fixture(scope="session")
+def demo_generator_ckpt(tmp_path_factory) -> Path:
+    """An untrained `demo`-size generator (128 px, mesh prior, seed 0): large enough for blinks and mouths to
+    show in the pixels, which the tiny 64 px one cannot render."""
+    from benchmarks.common import untrained_generator
+
+    return untrained_generator(tmp_path_factory.mktemp("demo") / "demo.ckpt", ["model=demo"])

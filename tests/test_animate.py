@@ -158,6 +158,14 @@ def _mesh_of(video) -> np.ndarray:
     return np.stack([f[0] for f in found])
 
 
+def _animated_mesh(capsys, checkpoint, source, driver, out, *flags) -> tuple[dict, np.ndarray]:
+    """(summary, MediaPipe's landmarks of every output frame) of one src.animate run."""
+    code, summary, err = run(capsys, "--checkpoint", checkpoint, "--source", source, "--driving", driver,
+                             "--output", out, "--overwrite", *flags)
+    assert code == 0, err
+    return summary, _mesh_of(out)
+
+
 def test_smoothing_lowers_the_driving_jitter_and_keeps_the_generated_face_on_its_path(tiny_generator_ckpt, portrait,
                                                                                       driving_clip, tmp_path, capsys):
     """What holds: the landmarks that drive the generator tremble less, and the generated face (measured by
@@ -220,12 +228,10 @@ def test_expression_scale_orders_the_generated_mouth(tiny_generator_ckpt, portra
     clip = write_video(tmp_path / "d.mp4", read_frames(driving_clip)[:60], fps=25)
     wide = {}
     for scale in ("0", "1", "2"):
-        out = tmp_path / f"s{scale}.mp4"
-        code, summary, err = run(capsys, "--checkpoint", tiny_generator_ckpt, "--source", portrait, "--driving", clip,
-                                 "--output", out, "--expression-scale", scale)
-        assert code == 0, err
+        summary, mesh = _animated_mesh(capsys, tiny_generator_ckpt, portrait, clip, tmp_path / f"s{scale}.mp4",
+                                       "--expression-scale", scale)
         assert summary["expression_scale"] == float(scale)
-        wide[scale] = float(np.percentile(mouth_opening(_mesh_of(out)), 90))
+        wide[scale] = float(np.percentile(mouth_opening(mesh), 90))
     print("90th percentile of the generated mouth's opening per expression scale:", wide)
     assert wide["0"] < 0.5 * wide["1"] and wide["2"] >= wide["1"]
 
@@ -435,23 +441,6 @@ def test_new_controls_refused_when_they_make_no_sense(capsys, tmp_path):
         check_pose(np.full((478, 3), np.nan), "--source x.jpg")
 
 
-@pytest.fixture(scope="module")
-def demo_generator_ckpt(tmp_path_factory):
-    """An untrained `demo`-size generator (128 px, mesh prior, seed 0): large enough for blinks and mouths to
-    show in the pixels, which the tiny 64 px one cannot render."""
-    import torch
-    from omegaconf import OmegaConf
-
-    from src.checkpoints import generator_checkpoint, save_checkpoint
-    from src.config import compose
-    from src.models.generator import build_generator
-
-    cfg = OmegaConf.to_container(compose("refine", ["model=demo"]), resolve=True)
-    torch.manual_seed(0)
-    gen = build_generator(OmegaConf.create(cfg["model"]), 128)
-    return save_checkpoint(generator_checkpoint(gen, cfg, 128), tmp_path_factory.mktemp("demo") / "demo.ckpt")
-
-
 def test_motion_parts_on_generated_frames(demo_generator_ckpt, portrait, fixtures_dir, tmp_path, capsys):
     """MediaPipe on 128 px generated frames, driven by a clip whose head moves (when written, 40 frames: the nose
     travels 16.5 px with both, 16.3 with pose, 1.2 with expression): --motion-parts expression keeps the
@@ -461,13 +450,8 @@ def test_motion_parts_on_generated_frames(demo_generator_ckpt, portrait, fixture
 
     clip = sorted((fixtures_dir / "voxceleb2_mini" / "test" / "mp4").glob("*/*/*.mp4"))[1]
     driver = write_video(tmp_path / "d.mp4", read_frames(clip)[:30], fps=25)
-    measured = {}
-    for parts in ("both", "expression", "pose"):
-        out = tmp_path / f"{parts}.mp4"
-        code, _, err = run(capsys, "--checkpoint", demo_generator_ckpt, "--source", portrait, "--driving", driver,
-                           "--output", out, "--motion-parts", parts)
-        assert code == 0, err
-        measured[parts] = _mesh_of(out)
+    measured = {parts: _animated_mesh(capsys, demo_generator_ckpt, portrait, driver, tmp_path / f"{parts}.mp4",
+                                      "--motion-parts", parts)[1] for parts in ("both", "expression", "pose")}
     nose = {k: lm[:, [1, 4, 5, 195], :2].mean(1) * 128 for k, lm in measured.items()}  # px at 128
     head = {k: float(np.linalg.norm(n - n[:1], axis=-1).max()) for k, n in nose.items()}
     mouth = {k: mouth_opening(lm) for k, lm in measured.items()}
@@ -491,11 +475,7 @@ def test_eyes_and_lip_scale_on_generated_frames(demo_generator_ckpt, portrait, d
     driver = write_video(tmp_path / "d.mp4", read_frames(driving_clip)[lo : lo + 30], fps=25)
 
     def measured(*flags):
-        out = tmp_path / "o.mp4"
-        code, _, err = run(capsys, "--checkpoint", demo_generator_ckpt, "--source", portrait, "--driving", driver,
-                           "--output", out, "--overwrite", *flags)
-        assert code == 0, err
-        return _mesh_of(out)
+        return _animated_mesh(capsys, demo_generator_ckpt, portrait, driver, tmp_path / "o.mp4", *flags)[1]
 
     eyes = {e: eye_opening(measured("--eyes", e))[blink - lo] for e in ("driving", "source")}
     print(eyes)
