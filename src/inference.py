@@ -458,8 +458,8 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         print(damage_warning("animate", driving, drv.frames, drv.declared), file=sys.stderr)
     driven = smooth_landmarks(drv.landmarks, smooth) if smooth else drv.landmarks
     controls = dict(expression_scale=expression_scale, eyes=eyes, lips=lips, lip_scale=lip_scale)
-    streams, pictures = [], None
-    paste = paste or face == "all"
+    paste, pictures = paste or face == "all", None
+    generated = []  # (source, its landmarks per frame, driven landmarks, generated frames) per face
     if video is not None:
         landmarks = onto_video(video.landmarks, driven, **controls)
         if paste:  # one decoder for both: the generator runs a batch (and an SR window) ahead of the paste
@@ -467,16 +467,16 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         else:
             for_crops = video.pictures()
         crops = ((crop_frame(p, video.first.box, resolution), lm) for p, lm in zip(for_crops, video.landmarks))
-        frames = iter_generate(generator, video.first, landmarks, dev, batch_size, source_frames=crops)
-        source_lms = video.landmarks
-    for s in sources:
-        if video is None:
+        generated.append((video.first, video.landmarks, landmarks,
+                          iter_generate(generator, video.first, landmarks, dev, batch_size, source_frames=crops)))
+    else:
+        for s in sources:
             landmarks = transfer_motion(s.landmarks, driven, motion, motion_parts, **controls)
-            frames = iter_generate(generator, s, landmarks, dev, batch_size)
-            source_lms = np.broadcast_to(s.landmarks, landmarks.shape)
-        if sr is not None:
-            frames = iter_super_resolve(sr, frames, sr_cfg["sr"]["window"], dev)
-        streams.append((s.box, source_lms, landmarks, frames))
+            generated.append((s, np.broadcast_to(s.landmarks, landmarks.shape), landmarks,
+                              iter_generate(generator, s, landmarks, dev, batch_size)))
+    streams = [(s.box, source_lms, landmarks,
+                frames if sr is None else iter_super_resolve(sr, frames, sr_cfg["sr"]["window"], dev))
+               for s, source_lms, landmarks, frames in generated]
     if paste and video is None:
         pictures = itertools.repeat(sources[0].picture)
     total = len(streams[0][2])
