@@ -2,6 +2,7 @@
 video, at 256 and at 512 with SR.
 
     python -m benchmarks.bench_stream [--short-seconds 30] [--long-seconds 300] [--sr-long-seconds 300]
+                                      [--only 256|512_sr]
 
 The driving videos are a real fixture clip (512 px, 25 fps) played forwards and backwards until they last 30 s
 and 5 min, with a tone as their audio track. Each animation runs in its own process, which reports its own
@@ -84,6 +85,8 @@ def main(argv=None) -> None:
     p.add_argument("--sr-long-seconds", type=float, default=None,
                    help="the long video's length for the SR run (default: --long-seconds); at about 2 frames/s on "
                         "2 CPU cores, 5 min with SR takes an hour")
+    p.add_argument("--only", choices=("256", "512_sr"), default=None,
+                   help="run only the 256 px or only the 512 px with SR pair of lengths")
     p.add_argument("--run", nargs=5, metavar=("GEN", "SR", "SOURCE", "DRIVING", "OUT"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.run:
@@ -98,10 +101,12 @@ def main(argv=None) -> None:
     result = {"command": "python -m benchmarks.bench_stream " + " ".join(argv if argv is not None else sys.argv[1:]),
               "driving_clip": clip.name, "models": "tiny networks, untrained: generator 256 px, SR 256 -> 512"}
     lengths = {"256": (a.short_seconds, a.long_seconds), "512_sr": (a.short_seconds, sr_long)}
-    for seconds in sorted({*lengths["256"], *lengths["512_sr"]}):
+    if a.only:
+        lengths = {a.only: lengths[a.only]}
+    for seconds in sorted({s for pair in lengths.values() for s in pair}):
         video = looped_video(clip, seconds, tmp / f"driving_{seconds:.0f}s.mp4")
         for name, sr_ckpt in (("256", "-"), ("512_sr", str(sr))):
-            if seconds not in lengths[name]:
+            if seconds not in lengths.get(name, ()):
                 continue
             out = subprocess.run([sys.executable, "-m", "benchmarks.bench_stream", "--run", str(gen), sr_ckpt,
                                   str(portrait), str(video), str(tmp / "out.mp4")], capture_output=True, text=True)
@@ -113,7 +118,7 @@ def main(argv=None) -> None:
     for name, (short_s, long_s) in lengths.items():
         short, long = result[f"{name}_{short_s:.0f}s"], result[f"{name}_{long_s:.0f}s"]
         result[f"{name}_peak_rss_long_over_short"] = round(long["peak_rss_mb"] / short["peak_rss_mb"], 3)
-    save("stream", result)
+    save("stream" if a.only is None else f"stream_{a.only}", result)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ driver), the driver's widest-open frame held, or shut. --lips driving|source: wh
 scales the driver's mouth motion (lips and jaw) for lip-sync strength.
 
 --smooth N: the driving landmarks are smoothed over time by a Savitzky-Golay filter of N frames (odd). On the
-fixture clips the landmarks' tremble drops by 24% (N=5) to 51% (N=13), and they move 0.34 to 1.0 px at 256 from
-the raw detections; the effect on the generated face is smaller and not yet shown (BENCHMARKS.md), so it is
-off by default (--no-smooth).
+fixture clips the landmarks' tremble drops by 24% (N=5) to 51% (N=13), and the generated face's by 26% (N=9) to
+36% (N=13) on the mean of 6 clips (BENCHMARKS.md); a still driver gains nothing and fast mouth motion softens,
+so it is off by default (--no-smooth).
 
 Driving frames where the face is lost
 keep the last good landmarks (the count is reported). The mp4 appears under its final name only when
@@ -50,7 +50,8 @@ import json
 from pathlib import Path
 
 from src.arguments import Parser, bounded, odd_window, positive_int
-from src.errors import cli_entry
+from src.controls import SCALE_RANGE, check_controls
+from src.errors import UserError, cli_entry
 from src.faces.identity import BACKENDS
 from src.faces.motion import EYES_CHOICES, LIPS_CHOICES, PARTS
 from src.faces.motion import MODES as MOTIONS
@@ -71,17 +72,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="relative: driver's motion on the source's face (default); absolute: driver's landmarks")
     p.add_argument("--motion-parts", choices=PARTS, default="both",
                    help="the driver's head pose, its expression, or both (default)")
-    p.add_argument("--expression-scale", type=bounded(float, 0, 3), default=1.0, metavar="S",
+    p.add_argument("--expression-scale", type=bounded(float, *SCALE_RANGE), default=1.0, metavar="S",
                    help="expression strength in [0, 3]: 0 keeps the source's expression, 1 as driven (default)")
     p.add_argument("--eyes", choices=EYES_CHOICES, default="driving",
                    help="whose eyes: the driver's (default), the source's, held open, or closed")
     p.add_argument("--lips", choices=LIPS_CHOICES, default="driving", help="whose mouth: the driver's or the source's")
-    p.add_argument("--lip-scale", type=bounded(float, 0, 3), default=1.0, metavar="S",
+    p.add_argument("--lip-scale", type=bounded(float, *SCALE_RANGE), default=1.0, metavar="S",
                    help="the driver's mouth motion times S, in [0, 3] (default 1)")
     p.add_argument("--paste-back", action="store_true", help="blend the face back into the full source picture")
     p.add_argument("--no-colour-match", dest="colour_match", action="store_false",
                    help="paste the face back with its colours as generated (default: matched to the picture)")
-    p.add_argument("--face", type=face_choice, default="largest", metavar="largest|all|INDEX",
+    p.add_argument("--face", default="largest", metavar="largest|all|INDEX",
                    help="which face of the source: the largest (default), all, or the INDEX-th from the left (1, 2..)")
     p.add_argument("--list-faces", action="store_true", help="print the source's faces with their boxes, and stop")
     p.add_argument("--video-to-video", action="store_true",
@@ -97,36 +98,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    # combinations that cannot mean anything, refused before any work
+    # ranges and combinations that cannot mean anything, refused before any work (the app runs the same check)
     if not a.list_faces:
         missing = [f"--{n}" for n in ("checkpoint", "driving", "output") if getattr(a, n) is None]
         if missing:
             p.error(f"the following arguments are required: {', '.join(missing)}")
-    if a.video_to_video and a.face != "largest":
-        p.error("--video-to-video follows the source video's main face: --face does not apply")
-    if a.video_to_video and a.list_faces:
-        p.error("--list-faces lists the faces of a picture; it does not go with --video-to-video")
-    if a.video_to_video and a.motion != "relative":
-        p.error("--video-to-video keeps the source video's own head motion: --motion absolute does not apply")
-    if a.video_to_video and a.motion_parts != "both":
-        p.error("--video-to-video takes the driver's expression onto the source video's own pose: "
-                "--motion-parts does not apply")
-    if not a.colour_match and not (a.paste_back or a.face == "all"):
-        p.error("--no-colour-match is about pasting back: add --paste-back")
-    if a.motion_parts == "pose" and (a.expression_scale != 1.0 or a.eyes != "driving" or a.lips != "driving"
-                                     or a.lip_scale != 1.0):
-        p.error("--motion-parts pose takes no expression: --expression-scale, --eyes, --lips and --lip-scale "
-                "need the expression (both or expression)")
-    if a.lips == "source" and a.lip_scale != 1.0:
-        p.error("--lip-scale scales the driver's mouth motion; with --lips source there is none")
+    try:
+        check_controls(a.motion, a.motion_parts, a.expression_scale, a.eyes, a.lips, a.lip_scale, a.face,
+                       a.video_to_video, a.paste_back, a.colour_match, a.smooth, a.list_faces)
+    except UserError as exc:
+        p.error(str(exc))
     return a
-
-
-def face_choice(value: str) -> str:
-    """largest, all, or a 1-based index."""
-    if value in ("largest", "all") or (value.isdigit() and int(value) >= 1):
-        return value
-    raise argparse.ArgumentTypeError(f"'{value}' is not largest, all or a face number from 1 (left to right)")
 
 
 @cli_entry

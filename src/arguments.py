@@ -51,8 +51,10 @@ fraction = bounded(float, 0, 1, low_open=True, high_open=True)
 
 
 def odd_window(text: str) -> int:
-    """A window of frames centred on each frame: an odd integer >= 3."""
-    value = bounded(int, 3, 101)(text)
+    """A window of frames centred on each frame: an odd integer in SMOOTH_RANGE."""
+    from src.controls import SMOOTH_RANGE
+
+    value = bounded(int, *SMOOTH_RANGE)(text)
     if value % 2 == 0:
         raise argparse.ArgumentTypeError(f"{text} is even: a window centred on each frame has an odd length")
     return value

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import torch
 
+from src.controls import check_controls
 from src.errors import UserError
 from src.images import to_tensor, to_uint8
 
@@ -244,7 +245,12 @@ def _track(path: Path, what: str, resolution: int, progress: bool, on_frame=None
     with FaceMesh(static=False, max_faces=1) as mesh, tqdm(total=count, desc=f"{what[2:]} landmarks", unit="frame",
                                                           disable=not progress, dynamic_ncols=True) as bar:
         for frame in frames:
-            faces = mesh(crop_frame(frame, box, max(resolution, MESH_SIZE)))
+            crop = crop_frame(frame, box, max(resolution, MESH_SIZE))
+            faces = mesh(crop)
+            if not found and faces:
+                # MediaPipe's first frame is placed by its detector, the rest by tracking: up to 10 px apart at 256
+                # on a still face. Frame 0 is the reference of relative motion, so it is measured as the rest are.
+                faces = mesh(crop) or faces
             found.append(faces[0] if centred_face(faces) else None)
             if found[-1] is not None and on_frame is not None:
                 on_frame(frame, box, found[-1])
@@ -418,8 +424,8 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
     from src.video_io import damage_warning, iter_audio, write_video
 
     output, source, driving = Path(output), Path(source), Path(driving)
-    if video_to_video and face != "largest":
-        raise UserError("--video-to-video follows the source video's main face: --face does not apply")
+    check_controls(motion, motion_parts, expression_scale, eyes, lips, lip_scale, face, video_to_video, paste,
+                   colour_match, smooth)
     # every input and the output checked before any work (src/paths.py)
     inputs = {"--checkpoint": require_file(checkpoint, "--checkpoint"),
               "--source": require_file(source, "--source", kind="video" if video_to_video else "picture"),
@@ -498,7 +504,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         "faces_in_source": sources[0].faces_found, "faces_animated": [s.index for s in sources],
         "video_to_video": video is not None, "source_frames": len(video.held) if video is not None else None,
         "source_frames_face_lost": video.lost if video is not None else None,
-        "driving_frames": drv.frames, "driving_frames_face_lost": drv.lost,
+        "driving_frames": drv.frames, "driving_frames_face_lost": drv.lost, "driving_truncated": drv.truncated,
         "audio": audio is not None, "super_resolution": sr is not None, "paste_back": paste,
         "colour_match": paste and colour_match,
         "inter_ocular": {"source": float(inter_ocular(sources[0].landmarks)),
