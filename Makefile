@@ -19,7 +19,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install lint test demo sample preprocess stage1 meta sr personalize upscale animate evaluate sweep train bench bench-personalize meta-evidence clean distclean
+.PHONY: help install lint test app demo sample preprocess stage1 meta sr personalize upscale animate evaluate sweep train bench bench-personalize meta-evidence clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,9 @@ test: install lint ## lint, then run the test suite (what CI runs)
 	@# pytest exits 5 when it collects no tests: a broken suite, so a failure here too
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+app: install ## the web app on http://127.0.0.1:7860 (animate, personalize): make app ARGS="--checkpoint CKPT"
+	$(PY) -m src.app $(ARGS)
 
 sample: install ## build the embedded sample dataset into $(SAMPLE) (once)
 	$(PY) -m src.sample --output $(SAMPLE)
@@ -97,6 +100,7 @@ bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md (e
 	$(PY) -m benchmarks.bench_mesh_flow
 	$(PY) -m benchmarks.bench_smoothing
 	$(PY) -m benchmarks.bench_controls
+	$(PY) -m benchmarks.bench_app
 	$(PY) -m benchmarks.bench_paste
 	$(PY) -m benchmarks.bench_stream
 	$(PY) -m benchmarks.bench_stage1

@@ -66,21 +66,32 @@ def record_of_checkpoint(ckpt: str | Path) -> dict:
     return {"stages": {}}
 
 
+def finished_stages(output_root: str | Path, pattern: str = f"*/*/{RECORD}") -> list[tuple[str, dict, dict]]:
+    """(stage, its entry, the whole record) of every finished stage whose checkpoint exists, in the run folders
+    under output_root that `pattern` finds (run folders sit at output_root/<stage or experiment>/<run>/)."""
+    found = []
+    for record_path in sorted(Path(output_root).glob(pattern)):
+        try:
+            record = json.loads(record_path.read_text())
+            stages = record["stages"].items()
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            continue  # a torn or foreign stages.json: not a run this can chain from
+        for name, entry in stages:
+            if (isinstance(entry, dict) and entry.get("status") == "done" and isinstance(entry.get("checkpoint"), str)
+                    and Path(entry["checkpoint"]).is_file()):
+                found.append((name, entry, record))
+    return found
+
+
 def latest_checkpoint(output_root: str | Path, stages: tuple[str, ...]) -> tuple[Path, dict]:
     """(checkpoint, the record of its run) of the most recently finished stage among `stages` in the run
     folders under output_root."""
-    best = None
-    for record_path in Path(output_root).glob(f"*/*/{RECORD}"):
-        record = json.loads(record_path.read_text())
-        for name in stages:
-            entry = record["stages"].get(name, {})
-            if entry.get("status") == "done" and Path(entry["checkpoint"]).is_file():
-                if best is None or entry["finished"] > best[0]:
-                    best = (entry["finished"], Path(entry["checkpoint"]), record)
-    if best is None:
+    done = [(entry.get("finished", 0), Path(entry["checkpoint"]), record)
+            for name, entry, record in finished_stages(output_root) if name in stages]
+    if not done:
         raise UserError(f"no finished {' or '.join(stages)} stage under {output_root}/: run it first (make stage1) "
                         f"or give the checkpoint explicitly")
-    return best[1], best[2]
+    return max(done, key=lambda d: d[0])[1:]
 
 
 def resolve_start(explicit: str | None, output_root: str | Path, stages: tuple[str, ...]) -> tuple[Path, dict]:

@@ -145,9 +145,9 @@ def heldout_loss(module, dm, device, max_batches: int | None = None) -> float:
     return float(np.mean(losses))
 
 
-def personalize(a: PersonalizeOptions) -> dict:
+def personalize(a: PersonalizeOptions, callbacks: list | tuple = ()) -> dict:
     """Fine-tune a.checkpoint to the person of a.videos and write a.output (with its report and preview); the
-    report."""
+    report. `callbacks`: more Lightning callbacks for the fine-tuning trainer (the web app's progress and cancel)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -228,7 +228,7 @@ def personalize(a: PersonalizeOptions) -> dict:
                         val_check_interval=min(a.eval_every, a.steps), check_val_every_n_epoch=None,
                         limit_val_batches=val_batches, num_sanity_val_steps=0, logger=CSVLogger(str(work), name="logs"),
                         callbacks=[best, EarlyStopping("val/loss", patience=max(1, a.patience // a.eval_every),
-                                                       check_finite=True)],
+                                                       check_finite=True), *callbacks],
                         enable_model_summary=False, deterministic=False)
     t1 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None, weights_only=True)

@@ -499,7 +499,8 @@ def test_eyes_and_lip_scale_on_generated_frames(demo_generator_ckpt, portrait, d
     eyes = {e: eye_opening(measured(blink_driver, "--eyes", e))[blink - lo] for e in ("driving", "source")}
     print(eyes)
     assert eyes["source"] > 1.08 * eyes["driving"], eyes
-    mouth = {s: np.percentile(mouth_opening(measured(lips_driver, "--lip-scale", s)), 90) for s in ("0", "0.5", "1", "1.5")}
+    mouth = {s: np.percentile(mouth_opening(measured(lips_driver, "--lip-scale", s)), 90)
+             for s in ("0", "0.5", "1", "1.5")}
     print(mouth)
     # (when written: 0.055 / 0.22 / 0.55 / 0.59; at 2 the mouth, past the driver's widest, reads 0.51: the
     # untrained warp cannot render a mouth wider than any it is shown)
