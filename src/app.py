@@ -24,6 +24,7 @@ the local disk with weights_only=True, so nothing in them runs.
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -483,6 +484,12 @@ def main(argv=None) -> int:
     resolve_device(a.device)  # a missing CUDA is an error now, not at the first job
     settings = AppSettings(a.outputs, a.checkpoint, a.sr_checkpoint, a.device, a.max_upload_mb, a.samples)
     app = build_app(settings)
+    print(f"session files go to {settings.workdir}; removed when the server stops", flush=True)
+
+    def stop(*_):  # SIGTERM ends the server as Ctrl-C does, so the session files are removed
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         app.launch(server_name=a.host, server_port=a.port, share=a.share, max_file_size=f"{a.max_upload_mb}mb",
                    allowed_paths=[str(settings.workdir)], show_error=True, ssr_mode=False, quiet=False)

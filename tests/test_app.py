@@ -3,6 +3,7 @@ Python client and through a real headless Chromium."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,9 +51,12 @@ def server(tmp_path_factory, tiny_generator_ckpt):
     record_stage(run, "refine", status="done", checkpoint=str(run / "refine.ckpt"), finished=time.time())
     proc, url = start_app(["--outputs", str(root / "outputs"), "--device", "cpu", "--max-upload-mb",
                            str(UPLOAD_LIMIT_MB), "--samples", str(root)], root / "server.log")
-    yield {"url": url, "outputs": root / "outputs", "checkpoint": run / "refine.ckpt", "log": root / "server.log"}
-    proc.terminate()
+    workdir = Path(re.search(r"session files go to (\S+);", (root / "server.log").read_text()).group(1))
+    yield {"url": url, "outputs": root / "outputs", "checkpoint": run / "refine.ckpt", "log": root / "server.log",
+           "workdir": workdir}
+    proc.terminate()  # SIGTERM, as a service manager stops it
     proc.wait(timeout=30)
+    assert not workdir.exists(), "the server left its session files behind"
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +67,17 @@ def client(server):
 
 
 def _animate(client, server, source, driving, **controls):
+    return _submit_animate(client, server, source, driving, **controls).result(timeout=600)
+
+
+def _submit_animate(client, server, source, driving, **controls):
     from gradio_client import handle_file
 
     values = dict(generator=str(server["checkpoint"]), use_sr=False, sr=None, motion="relative", paste=False,
                   smooth=1, parts="both", expression_scale=1.0, eyes="driving", lips="driving", lip_scale=1.0,
                   face="largest", v2v=False, colour=True)
     values.update(controls)
-    return client.predict(handle_file(str(source)), handle_file(str(driving)), *values.values(), api_name="/animate")
+    return client.submit(handle_file(str(source)), handle_file(str(driving)), *values.values(), api_name="/animate")
 
 
 def _video_path(value) -> Path:
@@ -162,7 +170,8 @@ def test_personalize_reports_and_writes_a_checkpoint_that_loads_and_joins_the_pi
     assert refreshed["value"] == str(ckpt.resolve())  # the newest personalized model is the default
 
 
-def test_cancelling_personalization_keeps_nothing(server, client, person_clip):
+def test_cancelling_personalization_keeps_nothing_and_jobs_queue(server, client, person_clip, portrait,
+                                                                  driving_clip):
     from gradio_client import handle_file
 
     before = set((server["outputs"] / "personalized").glob("*")) if (server["outputs"] / "personalized").exists() \
@@ -172,8 +181,18 @@ def test_cancelling_personalization_keeps_nothing(server, client, person_clip):
     while "step" not in str(getattr(job.status(), "progress_data", "") or ""):
         assert time.time() < deadline and not job.done(), f"no training step reported: {job.status()}"
         time.sleep(0.5)
+    # one job at a time on the device: another page's animate waits in the queue, with its position shown
+    from gradio_client import Client
+
+    other = Client(server["url"], verbose=False)
+    waiting = _submit_animate(other, server, portrait, driving_clip)
+    time.sleep(3)
+    status = waiting.status()
+    assert status.code.name == "IN_QUEUE" and status.rank is not None, status
     client.predict(api_name="/cancel")
     assert "cancelled" in _error(job.result)
+    _, _, summary = waiting.result(timeout=300)  # then it runs
+    assert summary["frames"] == probe(driving_clip).frames
     after = set((server["outputs"] / "personalized").glob("*"))
     assert after == before, f"a cancelled job left {sorted(map(str, after - before))}"
 
@@ -189,6 +208,36 @@ def test_personalizing_a_faceless_video_is_a_message(server, client, tmp_path):
                                             api_name="/personalize"))
     assert "face" in message and "Traceback" not in message and len(message.splitlines()) == 1, message
     assert not list((server["outputs"] / "personalized").glob("wall-*"))  # nothing of the failed job is left
+
+
+def test_the_model_picker_reads_finished_runs_and_prefers_personalized_then_meta(tmp_path, tiny_generator_ckpt):
+    from src.app import AppSettings, build_app
+    from src.catalog import default_generator, find_models
+    from src.lineage import record_stage
+
+    outputs = tmp_path / "outputs"
+    assert find_models(outputs) == [] and default_generator([]) is None
+    for stage, run, t in (("refine", "stage1/a", 1.0), ("meta", "meta/b", 2.0), ("refine", "stage1/c", 3.0)):
+        (outputs / run).mkdir(parents=True)
+        shutil.copyfile(tiny_generator_ckpt, outputs / run / "last.ckpt")
+        record_stage(outputs / run, stage, status="done", checkpoint=str(outputs / run / "last.ckpt"), finished=t)
+    (outputs / "stage1" / "torn").mkdir()
+    (outputs / "stage1" / "torn" / "stages.json").write_text("{not json")  # skipped, not an error
+    shutil.copyfile(tiny_generator_ckpt, outputs / "stage1" / "unrecorded.ckpt")  # no record: not offered
+    models = find_models(outputs)
+    assert [(m.stage, m.preset, m.resolution) for m in models] == [("refine", "tiny", "64 px"),
+                                                                  ("meta", "tiny", "64 px"),
+                                                                  ("refine", "tiny", "64 px")]
+    assert default_generator(models).stage == "meta"  # newer refine runs do not outrank a meta model
+    person = outputs / "personalized" / "me.ckpt"
+    person.parent.mkdir()
+    shutil.copyfile(tiny_generator_ckpt, person)
+    person.with_name("me.report.json").write_text("{}")
+    assert default_generator(find_models(outputs)).path == person.resolve()
+    # with nothing to offer, the page says how to get a model
+    empty = build_app(AppSettings(outputs=tmp_path / "none", samples=tmp_path, workdir=tmp_path / "sessions"))
+    notes = [b.value for b in empty.blocks.values() if type(b).__name__ == "Markdown" and "make demo" in str(b.value)]
+    assert notes and "No generator checkpoint" in notes[0]
 
 
 def test_a_public_host_warns(tmp_path):
@@ -215,6 +264,7 @@ def test_the_page_animates_in_a_real_browser(server, portrait, driving_clip, tmp
 
     from benchmarks.common import animate_in_page
 
+    before, sessions = set(server["workdir"].iterdir()), set()
     browser = _browser()
     try:
         video = animate_in_page(browser, server["url"], portrait, driving_clip)
@@ -224,5 +274,11 @@ def test_the_page_animates_in_a_real_browser(server, portrait, driving_clip, tmp
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
         assert "Error" not in browser.find_element(By.TAG_NAME, "body").text
+        sessions = {p for p in server["workdir"].iterdir() if any(p.glob("animation-*.mp4"))} - before
+        assert len(sessions) == 1, sessions  # this page's own folder holds its result
     finally:
         browser.quit()
+    deadline = time.time() + 90
+    while any(p.exists() for p in sessions):  # the tab is gone: Gradio ends the session, its files go
+        assert time.time() < deadline, f"the closed page's files stayed: {sessions}"
+        time.sleep(1)
