@@ -12,9 +12,10 @@ The model picker lists the finished checkpoints under --outputs (from their runs
 personalize reports) with their stage, preset and resolution; the default is the newest personalized or meta
 model. A path can be typed in, but only inside --outputs (or the checkpoints given on the command line).
 
-Jobs run one at a time on the device, through Gradio's queue (the page shows the queue position). Uploads and
-results live in a temporary folder per browser session, removed when the session ends and when the server
-stops; personalized checkpoints are kept under --outputs/personalized/.
+Jobs run one at a time on the device, through Gradio's queue (the page shows the queue position). Results live
+in a temporary folder per browser session, removed when the session ends; uploads in Gradio's cache beside it
+(files older than an hour are cleared every hour); both go when the server stops. Personalized checkpoints are
+kept under --outputs/personalized/.
 
 Security defaults: the server binds to 127.0.0.1 (--host 0.0.0.0 warns); no public share link unless --share;
 uploads are capped at --max-upload-mb and checked by their content, not their name; checkpoints are read from
@@ -483,6 +484,9 @@ def main(argv=None) -> int:
         print("warning: --share opens a public link to this app through gradio.live", file=sys.stderr)
     resolve_device(a.device)  # a missing CUDA is an error now, not at the first job
     settings = AppSettings(a.outputs, a.checkpoint, a.sr_checkpoint, a.device, a.max_upload_mb, a.samples)
+    # Gradio's upload cache inside the same folder (unless GRADIO_TEMP_DIR says otherwise), so stopping the
+    # server removes the uploads too; set before gradio is imported, which reads it then
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.workdir / "uploads"))
     app = build_app(settings)
     print(f"session files go to {settings.workdir}; removed when the server stops", flush=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from src.errors import UserError
 from src.faces.motion import EYES_CHOICES, LIPS_CHOICES, MODES, PARTS
 
-SCALE_RANGE = (0.0, 3.0)   # --expression-scale and --lip-scale: 0 holds the source, 1 as driven, 3 at most
+SCALE_RANGE = (0, 3)       # --expression-scale and --lip-scale: 0 holds the source, 1 as driven, 3 at most
 SMOOTH_RANGE = (3, 101)    # --smooth: odd Savitzky-Golay windows, in frames
 
 
