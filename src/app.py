@@ -310,15 +310,14 @@ def build_app(settings: AppSettings):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    from src.catalog import default_generator, find_models
+    from src.catalog import default_generator, describe, find_models
     from src.faces.motion import EYES_CHOICES, LIPS_CHOICES, MODES, PARTS
 
     cancels: dict = {}  # session -> the cancel flag of its personalize job
 
     def models():
         found = find_models(settings.outputs)
-        given = []
-        from src.catalog import describe
+        given = []  # the checkpoints named on the command line come first
         for path, stage in ((settings.checkpoint, "given"), (settings.sr_checkpoint, "sr")):
             if path is not None:
                 m = describe(Path(path).resolve(), stage, Path(path).stat().st_mtime)
