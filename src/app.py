@@ -81,26 +81,27 @@ def allowed_checkpoint(text: str | None, settings: AppSettings, what: str) -> Pa
 
 
 def checked_upload(path: str | None, kind: str, what: str) -> Path:
-    """An uploaded file that is, by its content, of `kind` (image, video or picture: either)."""
-    from src.paths import media_kind
+    """An uploaded file that is, by its content, of `kind` (image, video or picture: either); the message names
+    the upload by its own name, not by the server's copy of it."""
+    from src.paths import kind_mismatch
 
-    if not path:
+    if not path or not Path(path).is_file():
         raise UserError(f"no {what} uploaded")
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        raise UserError(f"the {what} upload is empty")
-    found = media_kind(path)
-    if found is None or (kind != "picture" and found != kind):
-        want = {"picture": "an image or a video", "image": "an image", "video": "a video"}[kind]
-        seen = {"image": "an image", "video": "a video"}.get(found, "not a readable image or video")
-        raise UserError(f"the {what} ({path.name}) is {seen}" + (f", not {want}" if found else ""))
-    return path
+    why = kind_mismatch(Path(path), kind)
+    if why:
+        raise UserError(f"the {what} ({Path(path).name}) is {why}")
+    return Path(path)
+
+
+def session_key(request) -> str:
+    """The browser session a request comes from (Gradio's session hash), as a folder-safe name."""
+    key = "".join(c for c in str(getattr(request, "session_hash", None) or "") if c.isalnum())[:64]
+    return key or "anonymous"
 
 
 def session_folder(settings: AppSettings, request) -> Path:
     """This browser session's folder for uploads and results."""
-    key = "".join(c for c in str(getattr(request, "session_hash", None) or "anonymous") if c.isalnum())[:64]
-    folder = settings.workdir / (key or "anonymous")
+    folder = settings.workdir / session_key(request)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -115,13 +116,10 @@ def animate_job(settings: AppSettings, session: Path, source: str | None, drivin
                 expression_scale: float, eyes: str, lips: str, lip_scale: float, face: str,
                 video_to_video: bool, colour_match: bool) -> tuple[Path, dict]:
     """Checks everything, then src.inference.animate into the session folder: (the mp4, the summary)."""
-    from src.controls import check_controls
-    from src.inference import animate
+    from src.inference import animate  # it checks the controls first (src/controls.py), as the CLI does
 
     smooth = int(smooth) if smooth and int(smooth) > 1 else None  # the slider's 1 is off
     face = str(face).strip() or "largest"
-    check_controls(motion, motion_parts, float(expression_scale), eyes, lips, float(lip_scale), face,
-                   bool(video_to_video), bool(paste), bool(colour_match), smooth)
     source_path = checked_upload(source, "video" if video_to_video else "picture", "portrait")
     driving_path = checked_upload(driving, "video", "driving video")
     checkpoint = allowed_checkpoint(generator, settings, "generator checkpoint")
@@ -328,8 +326,9 @@ def build_app(settings: AppSettings):
     def picker_state():
         found = models()
         gens, srs = _choices(found, "generator"), _choices(found, "sr")
+        default = default_generator(found)
         first = (str(Path(settings.checkpoint).resolve()) if settings.checkpoint
-                 else (str(default_generator(found).path) if default_generator(found) else None))
+                 else (str(default.path) if default else None))
         first_sr = (str(Path(settings.sr_checkpoint).resolve()) if settings.sr_checkpoint
                     else (srs[0][1] if srs else None))
         note = ("" if gens else f"No generator checkpoint under `{settings.outputs}/` yet. Run `make demo` (about "
@@ -412,19 +411,18 @@ def build_app(settings: AppSettings):
 
         @_friendly
         def on_personalize(video, generator, steps, budget, request: gr.Request, progress=gr.Progress()):
-            key = str(getattr(request, "session_hash", "") or "anonymous")
-            cancel = cancels[key] = new_cancel_event()
+            cancel = cancels[session_key(request)] = new_cancel_event()
             report, ckpt, preview_path = personalize_job(settings, video, generator, steps, budget,
                                                          lambda f, desc: progress(f, desc=desc), cancel)
             shown = session_folder(settings, request) / f"preview-{_stamp()}.mp4"
             if preview_path.is_file():
                 shutil.copyfile(preview_path, shown)
-            gens, _, srs, first_sr, note = picker_state()
+            gens = picker_state()[0]
             return (report_table(report), str(shown) if shown.is_file() else None, report, str(ckpt),
                     gr.Dropdown(choices=gens, value=str(ckpt.resolve())))
 
         def on_cancel(request: gr.Request):
-            cancel = cancels.get(str(getattr(request, "session_hash", "") or "anonymous"))
+            cancel = cancels.get(session_key(request))
             if cancel is None:
                 gr.Info("no personalization job is running")
                 return
@@ -432,9 +430,8 @@ def build_app(settings: AppSettings):
             gr.Info("cancelling: the job stops at its next step")
 
         def on_unload(request: gr.Request):
-            key = str(getattr(request, "session_hash", "") or "")
-            if key in cancels:
-                cancels[key].set()
+            if session_key(request) in cancels:
+                cancels[session_key(request)].set()
             shutil.rmtree(session_folder(settings, request), ignore_errors=True)
 
         refresh.click(on_refresh, outputs=[generator, sr, no_model], queue=False, api_name="refresh")

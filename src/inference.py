@@ -248,8 +248,8 @@ def _track(path: Path, what: str, resolution: int, progress: bool, on_frame=None
             crop = crop_frame(frame, box, max(resolution, MESH_SIZE))
             faces = mesh(crop)
             if not found and faces:
-                # MediaPipe's first frame is placed by its detector, the rest by tracking: up to 10 px apart at 256
-                # on a still face. Frame 0 is the reference of relative motion, so it is measured as the rest are.
+                # MediaPipe places a video's first frame with its detector and the rest by tracking (up to about
+                # 1 px apart at 256); frame 0 is relative motion's reference, so it is measured as the rest are.
                 faces = mesh(crop) or faces
             found.append(faces[0] if centred_face(faces) else None)
             if found[-1] is not None and on_frame is not None:

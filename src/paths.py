@@ -30,18 +30,26 @@ def media_kind(path: Path) -> str | None:
         return None
 
 
+def kind_mismatch(path: Path, kind: str) -> str | None:
+    """None when the file at `path` is, by its content, of `kind` ('video', 'image', or 'picture' for either);
+    else what it is instead, worded to follow "... is": "a video, not an image", "empty (0 bytes)"."""
+    found = media_kind(path)
+    if found is not None and (kind == "picture" or found == kind):
+        return None
+    want = {"picture": "an image or a video"}.get(kind, f"a{'n' if kind == 'image' else ''} {kind}")
+    what = f"a{'n' if found == 'image' else ''} {found}" if found else "not a readable image or video"
+    if path.stat().st_size == 0:
+        what = "empty (0 bytes)"
+    return f"{what}, not {want}" if found else what
+
+
 def require_file(path: Path, flag: str, kind: str | None = None) -> Path:
     """`path` if it is a file (of `kind`: 'video', 'image', or 'picture' for either), else an error that says
     what it is instead."""
     path = _require(Path(path), flag, folder=False)
-    if kind is not None:
-        found = media_kind(path)
-        if found is None or (kind != "picture" and found != kind):
-            want = {"picture": "an image or a video"}.get(kind, f"a{'n' if kind == 'image' else ''} {kind}")
-            what = f"a{'n' if found == 'image' else ''} {found}" if found else "not a readable image or video"
-            if path.stat().st_size == 0:
-                what = "empty (0 bytes)"
-            raise UserError(f"{flag} {path} is {what}, not {want}" if found else f"{flag} {path} is {what}")
+    why = kind_mismatch(path, kind) if kind is not None else None
+    if why:
+        raise UserError(f"{flag} {path} is {why}")
     return path
 
 
