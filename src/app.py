@@ -166,6 +166,8 @@ def _personalize_worker(options: dict, messages, cancel) -> None:
     that runs out of memory must not take the server down with it."""
     from src.personalization import PersonalizeOptions, personalize
 
+    os.setpgrp()  # its own process group: ending the job ends the preprocessing workers it starts as well
+
     def report(fraction, text):
         messages.put(("progress", fraction, text))
 
@@ -220,7 +222,7 @@ def personalize_job(settings: AppSettings, video: str | None, generator: str, st
                 if cancel.is_set():
                     cancelled_at = cancelled_at or time.time()
                     if time.time() - cancelled_at > CANCEL_GRACE_S:
-                        worker.terminate()
+                        os.killpg(worker.pid, signal.SIGTERM)
                         end = ("cancelled",)
                 if end is None and not worker.is_alive():
                     end = ("failed", f"the job's process ended unexpectedly (exit code {worker.exitcode})")
@@ -230,16 +232,22 @@ def personalize_job(settings: AppSettings, video: str | None, generator: str, st
             else:
                 end = message
     finally:
-        if end is None or end[0] != "done":  # cancelled, failed, or the page went away: nothing is kept
-            if worker.is_alive():
-                worker.terminate()
+        if end is None:
+            cancel.set()  # the page went away mid-job: the job stops at its next step
+        # a job that has reported its end exits by itself, taking its data-loader workers with it; one that does
+        # not (stuck in preprocessing, or the page went away) is ended
+        worker.join(timeout=30)
+        if worker.is_alive():
+            worker.terminate()
             worker.join(timeout=30)
-            shutil.rmtree(paths["work"], ignore_errors=True)
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)  # whatever of its group is left (litdata's workers)
+        except (ProcessLookupError, PermissionError):
+            pass
+        _remove(paths["work"])  # each app job writes a new name: nothing would reuse it
+        if end is None or end[0] != "done":  # cancelled or failed: nothing of it is kept
             for key in ("checkpoint", "report", "preview"):
                 paths[key].unlink(missing_ok=True)
-        else:
-            worker.join(timeout=30)
-            shutil.rmtree(paths["work"], ignore_errors=True)  # each app job writes a new name: nothing reuses it
     if end[0] == "error":
         raise UserError(end[1])
     if end[0] == "cancelled":
@@ -247,6 +255,15 @@ def personalize_job(settings: AppSettings, video: str | None, generator: str, st
     if end[0] == "failed":
         raise RuntimeError(end[1])
     return end[1], paths["checkpoint"], paths["preview"]
+
+
+def _remove(folder: Path, tries: int = 20) -> None:
+    """Remove `folder`, trying again while something that has not yet exited still writes into it."""
+    for _ in range(tries):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.5)
 
 
 def new_cancel_event():
