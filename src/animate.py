@@ -3,6 +3,7 @@
     python -m src.animate --checkpoint CKPT --source IMAGE_OR_VIDEO --driving VIDEO --output OUT.mp4
                           [--sr-checkpoint SR.ckpt] [--motion relative|absolute] [--paste-back]
                           [--face largest|all|INDEX] [--video-to-video] [--batch-size N] [--device auto|cpu|cuda]
+                          [--runtime torch|onnx [--onnx DIR]]
     python -m src.animate --source IMAGE --list-faces
 
 From raw files, with the preprocessing code: the source (an image, or a video's first frame) and every
@@ -50,7 +51,7 @@ import json
 from pathlib import Path
 
 from src.arguments import Parser, bounded, odd_window, positive_int
-from src.controls import SCALE_RANGE, check_controls
+from src.controls import RUNTIMES, SCALE_RANGE, check_controls
 from src.errors import UserError, cli_entry
 from src.faces.identity import BACKENDS
 from src.faces.motion import EYES_CHOICES, LIPS_CHOICES, PARTS
@@ -92,7 +93,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="smooth the driving landmarks over N frames (odd, 3 to 101; 5 is gentle)")
     smooth.add_argument("--no-smooth", dest="smooth", action="store_const", const=None,
                         help="use the raw driving landmarks (the default)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="frames per forward pass, >= 1")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="frames per forward pass, >= 1 (with --onnx DIR: the graphs' own batch)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="where the networks run: torch, or onnxruntime on ONNX graphs (src.export; BENCHMARKS.md "
+                        "measures both)")
+    p.add_argument("--onnx", type=Path, default=None, metavar="DIR",
+                   help="with --runtime onnx: graphs written by python -m src.export for this checkpoint (default: "
+                        "exported for this run into a temporary folder)")
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     p.add_argument("--identity-backend", default="auto", choices=BACKENDS)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
@@ -105,7 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"the following arguments are required: {', '.join(missing)}")
     try:
         check_controls(a.motion, a.motion_parts, a.expression_scale, a.eyes, a.lips, a.lip_scale, a.face,
-                       a.video_to_video, a.paste_back, a.colour_match, a.smooth, a.list_faces)
+                       a.video_to_video, a.paste_back, a.colour_match, a.smooth, a.list_faces,
+                       a.runtime, a.onnx)
     except UserError as exc:
         p.error(str(exc))
     return a
@@ -123,7 +132,7 @@ def main(argv=None) -> int:
                       a.batch_size, a.device, a.identity_backend, a.overwrite, progress=not a.quiet, smooth=a.smooth,
                       motion_parts=a.motion_parts, expression_scale=a.expression_scale, eyes=a.eyes, lips=a.lips,
                       lip_scale=a.lip_scale, face=a.face, video_to_video=a.video_to_video,
-                      colour_match=a.colour_match)
+                      colour_match=a.colour_match, runtime=a.runtime, onnx=a.onnx)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -371,6 +371,25 @@ def super_resolve(net, frames: list[np.ndarray], window: int, device, progress: 
                      unit="frame", disable=not progress, dynamic_ncols=True))
 
 
+def onnx_models(generator, checkpoint: Path, sr, sr_checkpoint: Path | None, sr_window: int | None,
+                folder: Path | None, batch_size: int):
+    """(OnnxGenerator, OnnxSR or None, the graphs' batch, the temporary folder to clean up or None): the graphs
+    in `folder`, checked against the checkpoints, or exported now into a temporary folder."""
+    import tempfile
+
+    from src.runtime import OnnxGenerator, OnnxSR, export_graphs
+
+    temporary = None
+    if folder is None:
+        temporary = tempfile.TemporaryDirectory(prefix="animate_onnx_")
+        folder = Path(temporary.name)
+        export_graphs(generator, folder, batch_size, checkpoint, sr, sr_window, sr_checkpoint)
+    threads = torch.get_num_threads()
+    onnx_generator = OnnxGenerator(folder, checkpoint, threads)
+    onnx_sr = OnnxSR(folder, sr_checkpoint, threads) if sr is not None else None
+    return onnx_generator, onnx_sr, onnx_generator.batch, temporary
+
+
 def even_size(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[:2]
     return img[: h - h % 2, : w - w % 2]  # H.264 in yuv420p needs even sizes
@@ -402,7 +421,8 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
             identity_backend: str = "auto", overwrite: bool = False, progress: bool = True,
             smooth: int | None = None, motion_parts: str = "both", expression_scale: float = 1.0,
             eyes: str = "driving", lips: str = "driving", lip_scale: float = 1.0, face: str = "largest",
-            video_to_video: bool = False, colour_match: bool = True) -> dict:
+            video_to_video: bool = False, colour_match: bool = True, runtime: str = "torch",
+            onnx: Path | None = None) -> dict:
     """Drive the portrait `source` (an image, or a video's first frame) with the video `driving` and write the
     mp4 `output` (with the driving clip's audio); a summary of what was done. `motion`: relative (the driver's
     motion on the source's own face) or absolute (the driver's landmarks); `paste`: blend the face back into
@@ -413,35 +433,43 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
     `lip_scale`: whose eyes and mouth, and how strongly (src/faces/motion.py). `face`: largest, all (each
     animated through its own crop and pasted back) or a 1-based index, left to right. `video_to_video`: the
     source is a video; each output frame starts from its own source frame and keeps its head motion, the
-    driver's expression carried onto it (motion.onto_video); the output stops at the shorter video."""
+    driver's expression carried onto it (motion.onto_video); the output stops at the shorter video.
+    `runtime`: torch, or onnx: onnxruntime on the graphs in the folder `onnx` (src.export), or on graphs
+    exported for this run into a temporary folder (src/runtime.py)."""
     from tqdm import tqdm
 
     from src.checkpoints import load_generator, load_sr
     from src.faces.motion import check_pose, inter_ocular, onto_video, transfer_motion
     from src.faces.smoothing import jitter, smooth_landmarks
     from src.faces.tracking import crop_frame
-    from src.paths import check_output, require_file
+    from src.paths import check_output, require_dir, require_file
     from src.video_io import damage_warning, iter_audio, write_video
 
     output, source, driving = Path(output), Path(source), Path(driving)
     check_controls(motion, motion_parts, expression_scale, eyes, lips, lip_scale, face, video_to_video, paste,
-                   colour_match, smooth)
+                   colour_match, smooth, runtime=runtime, onnx=onnx)
     # every input and the output checked before any work (src/paths.py)
     inputs = {"--checkpoint": require_file(checkpoint, "--checkpoint"),
               "--source": require_file(source, "--source", kind="video" if video_to_video else "picture"),
               "--driving": require_file(driving, "--driving", kind="video"),
-              "--sr-checkpoint": sr_checkpoint and require_file(sr_checkpoint, "--sr-checkpoint")}
+              "--sr-checkpoint": sr_checkpoint and require_file(sr_checkpoint, "--sr-checkpoint"),
+              "--onnx": onnx and require_dir(onnx, "--onnx")}
     check_output(output, inputs, overwrite=overwrite, kind="file", suffix=".mp4")
     t0 = time.time()
     dev = resolve_device(device)
     generator, cfg, id_dim = load_generator(checkpoint)
     resolution = cfg["model"]["resolution"]
-    sr = None
+    sr = sr_window = None
     if sr_checkpoint is not None:
         sr, sr_cfg = load_sr(sr_checkpoint)
+        sr_window = sr_cfg["sr"]["window"]
         if sr.cfg.in_size != resolution:
             raise UserError(f"--sr-checkpoint {sr_checkpoint} takes {sr.cfg.in_size}px frames but the generator "
                             f"renders {resolution}px: train SR on this base model's preset")
+    graphs = None
+    if runtime == "onnx":
+        generator, sr, batch_size, graphs = onnx_models(generator, checkpoint, sr, sr_checkpoint, sr_window, onnx,
+                                                        batch_size)
     embedder = identity_embedder(identity_backend, id_dim)
     if video_to_video:
         video = prepare_source_video(source, resolution, embedder, progress)
@@ -481,7 +509,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
             generated.append((s, np.broadcast_to(s.landmarks, landmarks.shape), landmarks,
                               iter_generate(generator, s, landmarks, dev, batch_size)))
     streams = [(s.box, source_lms, landmarks,
-                frames if sr is None else iter_super_resolve(sr, frames, sr_cfg["sr"]["window"], dev))
+                frames if sr is None else iter_super_resolve(sr, frames, sr_window, dev))
                for s, source_lms, landmarks, frames in generated]
     if paste and video is None:
         pictures = itertools.repeat(sources[0].picture)
@@ -495,8 +523,12 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
             yield f
 
     audio = iter_audio(driving)
-    write_video(output, counted(_composed(streams, pictures if paste else None, colour_match)), fps=drv.fps,
-                audio=audio and audio[0], sample_rate=audio[1] if audio else 16000, audio_to_video_end=True)
+    try:
+        write_video(output, counted(_composed(streams, pictures if paste else None, colour_match)), fps=drv.fps,
+                    audio=audio and audio[0], sample_rate=audio[1] if audio else 16000, audio_to_video_end=True)
+    finally:
+        if graphs is not None:
+            graphs.cleanup()
     return {
         "output": str(output), "frames": written["frames"], "fps": drv.fps, "size": written["size"],
         "motion": motion, "motion_parts": motion_parts, "expression_scale": expression_scale, "eyes": eyes,
@@ -505,7 +537,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         "video_to_video": video is not None, "source_frames": len(video.held) if video is not None else None,
         "source_frames_face_lost": video.lost if video is not None else None,
         "driving_frames": drv.frames, "driving_frames_face_lost": drv.lost, "driving_truncated": drv.truncated,
-        "audio": audio is not None, "super_resolution": sr is not None, "paste_back": paste,
+        "audio": audio is not None, "super_resolution": sr is not None, "paste_back": paste, "runtime": runtime,
         "colour_match": paste and colour_match,
         "inter_ocular": {"source": float(inter_ocular(sources[0].landmarks)),
                          "driving_mean": float(inter_ocular(drv.landmarks).mean()),

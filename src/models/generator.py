@@ -26,10 +26,11 @@ class TalkingHeadGenerator(nn.Module):
     def forward(self, source: torch.Tensor, source_lmk: torch.Tensor, driving_lmk: torch.Tensor,
                 identity: torch.Tensor, gaze: torch.Tensor, mouth_mask: torch.Tensor, refine: bool = True,
                 source_feats: list[torch.Tensor] | None = None, source_points: torch.Tensor | None = None,
-                driving_points: torch.Tensor | None = None) -> dict:
+                driving_points: torch.Tensor | None = None, mesh_flow: torch.Tensor | None = None) -> dict:
         """`source_points`, `driving_points`: the (B, 478, 3) landmarks the guidance images were rendered from;
-        the mesh prior builds its flow from them (ignored without it)."""
-        out = self.warper(source, source_lmk, driving_lmk, source_points, driving_points)
+        the mesh prior builds its flow from them, or takes `mesh_flow` computed beforehand (both ignored
+        without it)."""
+        out = self.warper(source, source_lmk, driving_lmk, source_points, driving_points, mesh_flow)
         if refine:
             out["output"] = self.refiner(source, identity, out["flow"], out["occlusion"], gaze, source_lmk,
                                          driving_lmk, mouth_mask, warped=out["warped"], source_feats=source_feats)

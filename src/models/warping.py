@@ -151,21 +151,20 @@ class WarpingGenerator(nn.Module):
         nn.init.constant_(self.occlusion_head.bias, OCCLUSION_BIAS[cfg.mesh_prior])
 
     def forward(self, source: torch.Tensor, source_lmk: torch.Tensor, driving_lmk: torch.Tensor,
-                source_points: torch.Tensor | None = None, driving_points: torch.Tensor | None = None) -> dict:
+                source_points: torch.Tensor | None = None, driving_points: torch.Tensor | None = None,
+                mesh_flow: torch.Tensor | None = None) -> dict:
         """Images (B, 3, R, R) in [0, 1]; `*_points` the landmarks (B, 478, 3), normalised as FaceMesh gives them,
-        which the mesh prior needs (a source batch of one is broadcast). Returns the warped source, the flow
-        (B, 2, r, r) in normalised units at flow resolution r = R * flow_scale, the occlusion map (B, 1, R, R),
-        the motion code and, with the prior, the mesh flow alone (`mesh_flow`)."""
+        which the mesh prior needs (a source batch of one is broadcast), or `mesh_flow`: self.prior of them
+        computed beforehand (the exported graphs take it as an input: src/runtime.py). Returns the warped
+        source, the flow (B, 2, r, r) in normalised units at flow resolution r = R * flow_scale, the occlusion
+        map (B, 1, R, R), the motion code and, with the prior, the mesh flow alone (`mesh_flow`)."""
         x = torch.cat([source, source_lmk, driving_lmk], 1) * 2 - 1
         code = self.encoder(x)
         size = (self.flow_res, self.flow_res)
         small = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         prior = None
         if self.mesh_flow is not None:
-            if source_points is None or driving_points is None:
-                raise ValueError("this generator warps on the mesh prior (model.warp.mesh_prior): pass "
-                                 "source_points and driving_points, the (B, 478, 3) landmarks")
-            prior, _ = self.mesh_flow(source_points.expand(len(driving_points), -1, -1), driving_points, size)
+            prior = self.prior(source_points, driving_points) if mesh_flow is None else mesh_flow
             prior = prior.to(x.dtype)
             small_src = F.interpolate(source, size=size, mode="bilinear", align_corners=False, antialias=True)
             small = torch.cat([small, prior * (self.flow_res / 8), warp(small_src, prior) * 2 - 1], 1)
@@ -179,3 +178,11 @@ class WarpingGenerator(nn.Module):
         if prior is not None:
             out["mesh_flow"] = prior
         return out
+
+    def prior(self, source_points: torch.Tensor | None, driving_points: torch.Tensor | None) -> torch.Tensor:
+        """The mesh flow (B, 2, r, r) from source to driving landmarks (B, 478, 3) at flow resolution."""
+        if source_points is None or driving_points is None:
+            raise ValueError("this generator warps on the mesh prior (model.warp.mesh_prior): pass "
+                             "source_points and driving_points, the (B, 478, 3) landmarks")
+        size = (self.flow_res, self.flow_res)
+        return self.mesh_flow(source_points.expand(len(driving_points), -1, -1), driving_points, size)[0]
