@@ -19,7 +19,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install lint test app demo sample preprocess stage1 meta sr personalize upscale animate evaluate sweep train bench bench-personalize meta-evidence clean distclean
+.PHONY: help install lint test app demo sample preprocess stage1 meta sr personalize upscale animate evaluate sweep train bench bench-gpu bench-personalize export meta-evidence clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,10 @@ sr: install ## temporal super-resolution: LQ renders by the latest stage-1/meta 
 
 upscale: install ## super-resolve a frame folder or video: make upscale CKPT=sr.ckpt INPUT=frames_or.mp4 OUTPUT=out_dir_or.mp4
 	$(PY) -m src.upscale --checkpoint $(CKPT) --input $(INPUT) --output $(OUTPUT) $(ARGS)
+
+export: install ## ONNX graphs of a checkpoint, checked against torch: make export CKPT=gen.ckpt OUT=onnx_dir [ARGS="--sr-checkpoint sr.ckpt"]
+	@test -n "$(CKPT)" -a -n "$(OUT)" || { echo "usage: make export CKPT=generator.ckpt OUT=folder [ARGS=...]" >&2; exit 2; }
+	$(PY) -m src.export --checkpoint $(CKPT) --output $(OUT) $(ARGS)
 
 animate: install ## drive a portrait with a video: make animate SOURCE=face.jpg DRIVING=talk.mp4 CKPT=gen.ckpt [OUT=...] [ARGS="--sr-checkpoint sr.ckpt --paste-back"]
 	@test -n "$(SOURCE)" -a -n "$(DRIVING)" -a -n "$(CKPT)" || { echo "usage: make animate SOURCE=image_or_video DRIVING=video.mp4 CKPT=generator.ckpt [OUT=out.mp4]" >&2; exit 2; }
@@ -136,6 +140,10 @@ meta-evidence: install ## train the stage-1, meta (with and without learned rate
 	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=evidence_tiny
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny_control stage1.warp_epochs=20 \
 	  stage1.refine_epochs=$(CONTROL_REFINE_EPOCHS) trainer.check_val_every_n_epoch=10
+
+bench-gpu: install ## the GPU path measured on one GPU (~8 min): training, loader, inference, personalization; rows into BENCHMARKS.md
+	$(PY) -m benchmarks.bench_gpu $(ARGS)
+	$(PY) -m benchmarks.report
 
 bench-personalize: install ## adaptation curves from META_CKPT vs STAGE1_CKPT (and CONTROL_CKPT) on held-out people (JSON)
 	$(PY) -m benchmarks.bench_personalize --meta $(META_CKPT) --stage1 $(STAGE1_CKPT) \

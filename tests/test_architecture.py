@@ -45,7 +45,7 @@ GRAPH = {name: _imports(name, tree) for name, tree in TREES.items()}
 
 def test_the_commands_are_the_ones_the_readme_names():
     assert {"src.animate", "src.evaluate", "src.personalize", "src.upscale", "src.preprocess", "src.train", "src.demo",
-            "src.sweep", "src.sample", "src.app"} == COMMANDS
+            "src.sweep", "src.sample", "src.app", "src.export"} == COMMANDS
 
 
 def test_no_module_imports_a_command():
