@@ -442,6 +442,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
     from src.faces.motion import check_pose, inter_ocular, onto_video, transfer_motion
     from src.faces.smoothing import jitter, smooth_landmarks
     from src.faces.tracking import crop_frame
+    from src.memory import return_freed_buffers
     from src.paths import check_output, require_dir, require_file
     from src.video_io import damage_warning, iter_audio, write_video
 
@@ -456,6 +457,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
               "--onnx": onnx and require_dir(onnx, "--onnx")}
     check_output(output, inputs, overwrite=overwrite, kind="file", suffix=".mp4")
     t0 = time.time()
+    return_freed_buffers()  # memory flat over a long video (src/memory.py)
     dev = resolve_device(device)
     generator, cfg, id_dim = load_generator(checkpoint)
     resolution = cfg["model"]["resolution"]
