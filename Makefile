@@ -95,6 +95,8 @@ preprocess: install ## preprocess videos: make preprocess INPUT=/path/to/voxcele
 	$(PY) -m src.preprocess --input $(INPUT) --output $(OUTPUT) $(ARGS)
 
 # The evidence runs of BENCHMARKS.md (trained by hand, see there): evaluated by `make bench` when present.
+# OFFICIAL=path/to/MetaPortrait/base_model: bench_inference times the official generator beside ours (a checkout
+# of github.com/Meta-Portrait/MetaPortrait, never part of this repository)
 STAGE1_RUN ?= outputs/stage1/evidence
 SR_RUN     ?= outputs/sr/evidence
 EVIDENCE_SHARDS ?= outputs/bench/shards_fixtures
@@ -107,6 +109,7 @@ bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md (e
 	$(PY) -m benchmarks.bench_app
 	$(PY) -m benchmarks.bench_paste
 	$(PY) -m benchmarks.bench_stream
+	$(PY) -m benchmarks.bench_inference $(if $(OFFICIAL),--official $(OFFICIAL))
 	$(PY) -m benchmarks.bench_stage1
 	$(PY) -m benchmarks.bench_personalize_speed
 	$(PY) -m benchmarks.bench_sr
