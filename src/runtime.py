@@ -5,7 +5,8 @@ data-dependent shapes (landmark images, gaze heat-maps, the mouth mask, the mesh
 in torch. The networks have fixed shapes, and they are what a graph holds:
 
     source.onnx   the source crop (1, 3, R, R) -> the refiner's feature pyramid, once per video
-    frame.onnx    a batch of B frames: source, guidance images, identity, mesh flow, pyramid -> frames (B, 3, R, R)
+    frame.onnx    a batch of B frames: source, guidance images, identity, mesh flow, pyramid (one per frame: a
+                  still source's broadcast) -> frames (B, 3, R, R)
     sr.onnx       one SR window (1, T, 3, R, R) -> (1, T, 3, 2R, 2R)
 
 A graph's batch is fixed when it is exported (the last batch of a video is padded by repeating its last frame,
@@ -128,6 +129,8 @@ def export_graphs(generator, folder: Path, batch: int, checkpoint: Path, sr=None
         feats = SourceGraph(generator)(frame["source"][:1])
     feat_names = [f"feat{i}" for i in range(len(feats))]
     _export(SourceGraph(generator), (frame["source"][:1],), folder / "source.onnx", ["source"], feat_names)
+    # the frame graph takes a pyramid per frame: a still source's is broadcast, video-to-video gives one each
+    feats = tuple(_padded(f, batch) for f in feats)
     _export(FrameGraph(generator), (*frame.values(), *feats), folder / "frame.onnx", [*frame, *feat_names],
             ["output"])
     manifest = {"format": 1, "opset": OPSET, "resolution": r, "batch": batch, "mesh_prior": generator.mesh_prior,
@@ -210,7 +213,9 @@ class OnnxGenerator(nn.Module):
         return self.mesh_flow is not None
 
     def source_features(self, source: torch.Tensor) -> list[torch.Tensor]:
-        return [f.to(source.device) for f in _run(self.source_session, {"source": source})]
+        """The pyramid of each source image (the graph takes one at a time)."""
+        levels = zip(*(_run(self.source_session, {"source": s[None]}) for s in source))
+        return [torch.cat(level).to(source.device) for level in levels]
 
     def forward(self, source, source_lmk, driving_lmk, identity, gaze, mouth_mask, refine: bool = True,
                 source_feats=None, source_points=None, driving_points=None, mesh_flow=None) -> dict:
@@ -225,8 +230,8 @@ class OnnxGenerator(nn.Module):
                 size = (self.flow_res, self.flow_res)
                 mesh_flow = self.mesh_flow(source_points.expand(n, -1, -1), driving_points, size)[0]
             feed["mesh_flow"] = mesh_flow
-        feed = {k: _padded(v, self.batch) for k, v in feed.items()}
         feed.update({f"feat{i}": f for i, f in enumerate(source_feats)})
+        feed = {k: _padded(v, self.batch) for k, v in feed.items()}
         return {"output": _run(self.frame_session, feed)[0][:n].to(driving_lmk.device)}
 
 

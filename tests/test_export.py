@@ -84,6 +84,12 @@ def test_onnx_runtime_exports_on_the_fly_without_a_graph_folder(tiny_generator_c
                                   "--output", tmp_path / "o.mp4", "--runtime", "onnx")
     assert code == 0, err
     assert summary["frames"] == probe(clips[0]).frames and summary["runtime"] == "onnx"
+    # video-to-video: every frame brings its own source pyramid into the graph
+    code, summary, err = _animate(capsys, "--checkpoint", tiny_generator_ckpt, "--source", clips[1], "--driving",
+                                  clips[0], "--output", tmp_path / "v.mp4", "--runtime", "onnx", "--video-to-video",
+                                  "--batch-size", "3")
+    assert code == 0, err
+    assert summary["video_to_video"] and summary["frames"] == min(probe(clips[0]).frames, probe(clips[1]).frames)
 
 
 def test_graphs_of_another_checkpoint_and_misused_flags_are_refused(graphs, tiny_generator_ckpt, clips, fixtures_dir,
