@@ -34,6 +34,10 @@ absolute: the first driving frame's), 1 is as driven, 2 doubles it.
 driver), the driver's widest-open frame held, or shut. --lips driving|source: whose mouth; --lip-scale S
 scales the driver's mouth motion (lips and jaw) for lip-sync strength.
 
+--runtime onnx: the networks run in onnxruntime on ONNX graphs (--onnx DIR: written by python -m src.export for
+this checkpoint; without it they are exported for the run, about 8 s for the full preset), 0.63-0.69 of torch's
+time a frame on 2 CPU cores (BENCHMARKS.md); the output matches torch's to about 1e-5.
+
 --smooth N: the driving landmarks are smoothed over time by a Savitzky-Golay filter of N frames (odd). On the
 fixture clips the landmarks' tremble drops by 24% (N=5) to 51% (N=13), and the generated face's by 26% (N=9) to
 36% (N=13) on the mean of 6 clips (BENCHMARKS.md); a still driver gains nothing and fast mouth motion softens,

@@ -7,12 +7,14 @@ Writes DIR/source.onnx (the source crop -> the refiner's feature pyramid, run on
 batch of frames: guidance, mesh flow, identity and pyramid -> the generated frames), DIR/sr.onnx with
 --sr-checkpoint (one temporal window), and DIR/manifest.json, which ties them to the checkpoints. The landmark
 guidance and the mesh flow stay in torch (src/runtime.py says why). The graphs have a fixed batch
-(--batch-size; animate pads the last batch): 1 is fastest per frame on a CPU; on a GPU take 8 or more.
+(--batch-size; animate pads the last batch): the CPU benchmark measured 1; larger batches should pay on a GPU
+(not measured).
 
 Each graph is then run with onnxruntime on the same inputs as torch and the largest absolute difference of
 their outputs (pixels in [0, 1]) is reported. The check uses a real portrait and driving frames: by default the
 sample dataset's (written by `make sample` or `make demo`), or --check-source / --check-driving. It fails when
-a difference is above --tolerance. Then:
+a difference is above --tolerance (then the graphs stay for inspection, without the manifest animate needs).
+Then:
 
     python -m src.animate --runtime onnx --onnx DIR --checkpoint CKPT ...
 
@@ -58,9 +60,10 @@ def export(checkpoint: Path, output: Path, sr_checkpoint: Path | None = None, ba
                                      identity_backend, id_dim)
     atomic_write_json(output / "manifest.json", manifest)
     worst = max(manifest["check"]["max_abs_diff"].values())
-    if worst > tolerance:
+    if worst > tolerance:  # no manifest: animate refuses graphs that failed their check
+        (output / "manifest.json").unlink()
         raise UserError(f"export: onnxruntime differs from torch by {worst:.2g} (> --tolerance {tolerance:g}) on "
-                        f"{manifest['check']['source']}; the graphs are in {output} for inspection")
+                        f"{manifest['check']['source']}; the graphs are left in {output} for inspection")
     return manifest
 
 

@@ -122,6 +122,7 @@ def export_graphs(generator, folder: Path, batch: int, checkpoint: Path, sr=None
 
     _register_symbolics()
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)  # written last: graphs half replaced are never taken for whole
     generator = generator.cpu().eval()
     r = generator.warper.cfg.resolution
     frame = frame_example(generator, batch)

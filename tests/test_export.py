@@ -108,6 +108,13 @@ def test_graphs_of_another_checkpoint_and_misused_flags_are_refused(graphs, tiny
                             str(clips[0]), "--output", str(tmp_path / "y.mp4"), "--onnx", str(folder)])
     assert exc.value.code == 2
     assert "--runtime onnx" in capsys.readouterr().err
+    # graphs that fail their check are left without the manifest, so animate refuses them
+    code = export.main(["--checkpoint", str(tiny_generator_ckpt), "--output", str(tmp_path / "strict"),
+                        "--check-source", str(clips[0]), "--check-driving", str(clips[1]), "--identity-backend", "dlib",
+                        "--tolerance", "1e-12"])
+    err = capsys.readouterr().err
+    assert code == 2 and "differs from torch" in err and (tmp_path / "strict" / "frame.onnx").is_file()
+    assert not (tmp_path / "strict" / "manifest.json").exists()
     # the check needs real faces: without the sample dataset or --check-*, a clear error
     monkeypatch.chdir(tmp_path)  # no data/sample here
     code = export.main(["--checkpoint", str(tiny_generator_ckpt), "--output", str(tmp_path / "g")])
