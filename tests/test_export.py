@@ -119,3 +119,25 @@ def test_graphs_of_another_checkpoint_and_misused_flags_are_refused(graphs, tiny
     monkeypatch.chdir(tmp_path)  # no data/sample here
     code = export.main(["--checkpoint", str(tiny_generator_ckpt), "--output", str(tmp_path / "g")])
     assert code == 2 and "make sample" in capsys.readouterr().err and not (tmp_path / "g").exists()
+
+
+def test_a_generator_without_the_mesh_prior_exports_too(tmp_path):
+    """Checkpoints of the paper's learned-only warp have no mesh-flow input; their graphs match torch as well."""
+    import torch
+
+    from benchmarks.common import untrained_generator
+    from src.checkpoints import load_generator
+    from src.runtime import OnnxGenerator, export_graphs, frame_example
+
+    ckpt = untrained_generator(tmp_path / "g.ckpt", ["model=tiny", "model.warp.mesh_prior=false",
+                                                      "model.refiner.blend_warped=false"])
+    generator, _, _ = load_generator(ckpt)
+    manifest = export_graphs(generator, tmp_path / "graphs", 2, ckpt)
+    onnx = OnnxGenerator(tmp_path / "graphs", ckpt)
+    x = frame_example(generator, 2)
+    assert manifest["mesh_prior"] is False and "mesh_flow" not in x and not onnx.mesh_prior
+    with torch.no_grad():
+        ours = onnx(**x, source_feats=onnx.source_features(x["source"][:1]))["output"]
+        theirs = generator(**x, source_feats=generator.source_features(x["source"][:1]))["output"]
+    assert ours.shape == theirs.shape == (2, 3, 64, 64)
+    assert (ours - theirs).abs().max() < export.DEFAULT_TOLERANCE
