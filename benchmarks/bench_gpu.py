@@ -4,8 +4,9 @@
                                    [--personalize-steps 300] [--shards outputs/bench/shards_fixtures]
 
 - Training samples/s of the warp and refine stages: a real Lightning Trainer in bf16-mixed on the stage's
-  LightningModule, random weights, random images with a real clip's MediaPipe landmarks (the mesh prior's
-  rasterisation depends on a face-shaped mesh), peak GPU memory beside it. The L1 + MS-SSIM loss stands in for
+  LightningModule, random weights, random uint8 images with a real clip's MediaPipe landmarks (the mesh prior's
+  rasterisation depends on a face-shaped mesh), held in memory; the landmark guidance is rendered on the device
+  as in training. Peak GPU memory beside it. The L1 + MS-SSIM loss stands in for
   VGG19 (no weights download on a benchmark machine). Beside them, the `pairs` loader's samples/s on the
   fixture shards with the machine's cores (built by bench_preprocess when absent): does the data keep up?
 - Inference frames/s of src.inference's own loop (guidance, generator, uint8 frames back on the host): at the
@@ -24,12 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
 import torch
 
 from benchmarks.common import FIXTURES, RESULTS, save
+from data_modules.guidance import GuidanceDataModule
 
 
 def _clip() -> Path:
@@ -47,18 +50,30 @@ def _reset_peak(device: torch.device) -> None:
 
 
 def synthetic_batches(n: int, b: int, r: int, id_dim: int, landmarks: torch.Tensor) -> list[dict]:
+    """Loader-shaped pair batches (uint8 images, a real clip's landmarks, embeddings), held in memory."""
     g = torch.Generator().manual_seed(0)
 
     def one(i: int) -> dict:
-        rand = lambda *s: torch.rand(*s, generator=g)
-        drv = landmarks[(torch.arange(b) + i) % len(landmarks)]
-        return {"source": rand(b, 3, r, r), "driving": rand(b, 3, r, r), "source_lmk_img": rand(b, 3, r, r),
-                "driving_lmk_img": rand(b, 3, r, r), "embedding": torch.randn(b, id_dim, generator=g),
-                "driving_gaze": rand(b, 2, r, r), "driving_eye_mask": rand(b, 1, r, r),
-                "driving_mouth_mask": rand(b, 1, r, r), "source_landmarks": landmarks[:1].expand(b, -1, -1).clone(),
-                "driving_landmarks": drv}
+        image = lambda: torch.randint(0, 256, (b, 3, r, r), generator=g, dtype=torch.uint8)
+        return {"source": image(), "driving": image(), "embedding": torch.randn(b, id_dim, generator=g),
+                "source_landmarks": landmarks[:1].expand(b, -1, -1).clone(),
+                "driving_landmarks": landmarks[(torch.arange(b) + i) % len(landmarks)]}
 
     return [one(i) for i in range(n)]
+
+
+class InMemoryPairs(GuidanceDataModule):
+    """Batches from memory, turned into float and given their landmark guidance on the device by the DataModule
+    hook every stage's data runs through: the training rate includes that rendering, not the loader."""
+
+    def __init__(self, batches: list[dict], resolution: int):
+        super().__init__()
+        self.batches, self.spec = batches, SimpleNamespace(resolution=resolution)
+
+    def train_dataloader(self):
+        from torch.utils.data import DataLoader
+
+        return DataLoader(self.batches, batch_size=None, shuffle=False)
 
 
 class StepTimes(L.Callback):
@@ -77,7 +92,6 @@ def train_rate(stage: str, preset: str, device: torch.device, steps: int, batch_
                landmarks: torch.Tensor) -> dict:
     """samples/s of `stage` (warp or refine) over `steps` steps after 3 warm-up steps, and peak GPU memory."""
     from omegaconf import OmegaConf
-    from torch.utils.data import DataLoader
 
     from src.config import compose
     from src.modules.refiner_module import RefinerModule
@@ -95,7 +109,7 @@ def train_rate(stage: str, preset: str, device: torch.device, steps: int, batch_
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                             callbacks=[times], default_root_dir=tmp)
-        trainer.fit(module, DataLoader(batches, batch_size=None, shuffle=False))
+        trainer.fit(module, datamodule=InMemoryPairs(batches, r))
     seconds = times.ends[-1] - times.ends[2]
     return {"samples_per_s": round(steps * batch_size / seconds, 1), "batch": batch_size, "resolution": r,
             "precision": trainer.precision, "peak_gpu_gib": _peak_gib(device)}
