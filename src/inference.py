@@ -18,7 +18,7 @@ import itertools
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -90,15 +90,15 @@ class SourceVideo:
 
 @dataclass
 class Driving:
-    landmarks: np.ndarray  # (T, 478, 3) normalised to the crop square
+    landmarks: np.ndarray | None  # (T, 478, 3) normalised to the crop square (animate drops them once used)
     lost: int              # frames whose landmarks were held from the last good frame
     fps: float
     truncated: bool        # damaged: a decoding error, or fewer frames than the container declares
     declared: int = 0      # frames the container declares (0: unknown)
+    frames: int = field(init=False)
 
-    @property
-    def frames(self) -> int:
-        return len(self.landmarks)
+    def __post_init__(self):
+        self.frames = len(self.landmarks)
 
 
 def read_picture(path: Path) -> np.ndarray:
@@ -199,13 +199,13 @@ def prepare_source(path: Path, resolution: int, embedder) -> Source:
     return prepare_sources(path, resolution, embedder, "largest")[0]
 
 
-def _held(found: list) -> np.ndarray:
-    """For each frame, the frame standing in for it: itself when found, else the last found one before it
-    (the first found one, before any)."""
-    good = [t for t, lm in enumerate(found) if lm is not None]
+def _held(found: list[bool]) -> np.ndarray:
+    """For each frame, the frame standing in for it: itself when its face was found, else the last found one
+    before it (the first found one, before any)."""
+    good = [t for t, ok in enumerate(found) if ok]
     held, last = np.empty(len(found), np.int64), good[0]
-    for t, lm in enumerate(found):
-        last = t if lm is not None else last
+    for t, ok in enumerate(found):
+        last = t if ok else last
         held[t] = last
     return held
 
@@ -241,25 +241,33 @@ def _track(path: Path, what: str, resolution: int, progress: bool, on_frame=None
     if not track:
         raise UserError(f"{what} {path}: no face found")
     box = crop_box(track, CROP_SCALE)
-    found = []
+    found = []  # per frame: whether its face was found
+    landmarks = np.empty((count, 478, 3), np.float32)  # one array, filled in place: a long video's is its largest
     with FaceMesh(static=False, max_faces=1) as mesh, tqdm(total=count, desc=f"{what[2:]} landmarks", unit="frame",
                                                           disable=not progress, dynamic_ncols=True) as bar:
-        for frame in frames:
+        for t, frame in enumerate(frames):
             crop = crop_frame(frame, box, max(resolution, MESH_SIZE))
             faces = mesh(crop)
-            if not found and faces:
+            if faces and not any(found):
                 # MediaPipe places a video's first frame with its detector and the rest by tracking (up to about
                 # 1 px apart at 256); frame 0 is relative motion's reference, so it is measured as the rest are.
                 faces = mesh(crop) or faces
-            found.append(faces[0] if centred_face(faces) else None)
-            if found[-1] is not None and on_frame is not None:
-                on_frame(frame, box, found[-1])
+            found.append(centred_face(faces))
+            if t == len(landmarks):  # more frames than the first pass counted
+                landmarks = np.concatenate([landmarks, np.empty_like(landmarks[: max(1, len(landmarks) // 4)])])
+            if found[-1]:
+                landmarks[t] = faces[0]
+                if on_frame is not None:
+                    on_frame(frame, box, faces[0])
             bar.update()
-    if all(lm is None for lm in found):
+    if not any(found):
         raise UserError(f"{what} {path}: MediaPipe found no landmarks in any frame")
     held = _held(found)
-    return _Tracked(box, np.stack([found[k] for k in held]).astype(np.float32), held, info.fps,
-                    frames.damaged or short_by(len(found), info.declared_frames), info.declared_frames)
+    landmarks = landmarks[: len(found)]
+    for t in np.flatnonzero(held != np.arange(len(held))):  # a lost frame takes its held one's (a found frame's)
+        landmarks[t] = landmarks[held[t]]
+    return _Tracked(box, landmarks, held, info.fps, frames.damaged or short_by(len(found), info.declared_frames),
+                    info.declared_frames)
 
 
 def prepare_driving(path: Path, resolution: int, progress: bool = False) -> Driving:
@@ -516,6 +524,15 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
     if paste and video is None:
         pictures = itertools.repeat(sources[0].picture)
     total = len(streams[0][2])
+    landmark_stats = {
+        "inter_ocular": {"source": float(inter_ocular(sources[0].landmarks)),
+                         "driving_mean": float(inter_ocular(drv.landmarks).mean()),
+                         "used_mean": float(inter_ocular(streams[0][2]).mean())},
+        "driving_jitter_px": {"raw": round(jitter(drv.landmarks, resolution), 4),
+                              "used": round(jitter(driven, resolution), 4)}}
+    # from here on only the streams' own landmarks are needed; the driver's raw and smoothed ones go, since on a
+    # long video they are, with the streams', the only arrays that grow with its length (5.6 KB a frame each)
+    drv.landmarks = driven = landmarks = None
     written = {"frames": 0, "size": None}
 
     def counted(frames):
@@ -541,10 +558,6 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         "driving_frames": drv.frames, "driving_frames_face_lost": drv.lost, "driving_truncated": drv.truncated,
         "audio": audio is not None, "super_resolution": sr is not None, "paste_back": paste, "runtime": runtime,
         "colour_match": paste and colour_match,
-        "inter_ocular": {"source": float(inter_ocular(sources[0].landmarks)),
-                         "driving_mean": float(inter_ocular(drv.landmarks).mean()),
-                         "used_mean": float(inter_ocular(streams[0][2]).mean())},
-        "driving_jitter_px": {"raw": round(jitter(drv.landmarks, resolution), 4),
-                              "used": round(jitter(driven, resolution), 4)},
+        **landmark_stats,
         "seconds": round(time.time() - t0, 1),
     }

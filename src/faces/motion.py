@@ -30,6 +30,8 @@ both parts at scale 1 the sum is the motion above, exactly.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from src.errors import UserError
@@ -62,20 +64,31 @@ LIPS = [0, 13, 14, 17, 37, 39, 40, 61, 78, 80, 81, 82, 84, 87, 88, 91, 95, 146, 
 def transfer_motion(source: np.ndarray, driving: np.ndarray, mode: str = "relative", parts: str = "both",
                     expression_scale: float = 1.0, eyes: str = "driving", lips: str = "driving",
                     lip_scale: float = 1.0) -> np.ndarray:
-    """source (478, 3) and driving (T, 478, 3) landmarks, normalised to their crops -> (T, 478, 3)."""
+    """source (478, 3) and driving (T, 478, 3) landmarks, normalised to their crops -> (T, 478, 3) float32."""
     for name, value, choices in (("motion", mode, MODES), ("motion parts", parts, PARTS),
                                  ("eyes", eyes, EYES_CHOICES), ("lips", lips, LIPS_CHOICES)):
         if value not in choices:
             raise ValueError(f"{name} must be one of {', '.join(choices)}, got '{value}'")
-    driving = np.asarray(driving, np.float64)
+    source = np.asarray(source, np.float64)
+    widest = widest_open(driving) if eyes == "open" else 0
+    out = np.empty(np.shape(driving), np.float32)
+    for start, rows in _chunks(driving, widest):
+        out[start : start + CHUNK] = _transfer(source, rows, mode, parts, expression_scale, eyes, lips,
+                                               lip_scale)[1:-1]
+    return out
+
+
+def _transfer(source: np.ndarray, driving: np.ndarray, mode: str, parts: str, expression_scale: float, eyes: str,
+              lips: str, lip_scale: float) -> np.ndarray:
+    """transfer_motion of float64 rows: frame 0 the reference, the last the eyes' hold frame (see _chunks)."""
     delta = driving - driving[:1]
     if (parts, expression_scale, eyes, lips, lip_scale) != ("both", 1.0, "driving", "driving", 1.0):
         pose, _ = split_motion(driving)
-        expression = driven_expression(driving, expression_scale if parts != "pose" else 0.0, eyes, lips, lip_scale)
+        expression = driven_expression(driving, expression_scale if parts != "pose" else 0.0, eyes, lips, lip_scale,
+                                       widest=len(driving) - 1)
         delta = (pose if parts != "expression" else 0) + expression
     if mode == "absolute":
         return _close_eyes(driving[:1] + delta) if eyes == "closed" else (driving[:1] + delta).astype(np.float32)
-    source = np.asarray(source, np.float64)
     s = similarity_transform(driving[0, MESH, :2], source[MESH, :2])
     linear = s[:, :2]
     scale = float(np.sqrt(abs(np.linalg.det(linear))))
@@ -85,38 +98,65 @@ def transfer_motion(source: np.ndarray, driving: np.ndarray, mode: str = "relati
     return _close_eyes(out) if eyes == "closed" else out.astype(np.float32)
 
 
+# Frames worked on at once. Every frame's motion depends only on itself, the first frame and (for eyes=open)
+# the widest-open frame, so a long video is transformed in chunks: the float64 work arrays stay a few MB
+# instead of growing with the video (a 5 min clip's held 300+ MB of them; issue 21's constant memory).
+CHUNK = 256
+
+
+def _chunks(driving: np.ndarray, hold: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, rows) over `driving` (T, 478, 3): rows are frames start .. start + CHUNK as float64, with frame 0
+    before them and frame `hold` after them, so the functions below see the frames they measure from."""
+    for start in range(0, len(driving), CHUNK):
+        yield start, np.concatenate([driving[:1], driving[start : start + CHUNK], driving[hold : hold + 1]]
+                                    ).astype(np.float64)
+
+
+def widest_open(driving: np.ndarray) -> int:
+    """The frame of (T, 478, 3) landmarks whose eyes are widest open."""
+    return int(np.argmax(np.concatenate([eye_opening(np.asarray(driving[s : s + CHUNK], np.float64))
+                                         for s in range(0, len(driving), CHUNK)])))
+
+
 def driven_expression(driving: np.ndarray, expression_scale: float = 1.0, eyes: str = "driving",
-                      lips: str = "driving", lip_scale: float = 1.0, carried: bool = True) -> np.ndarray:
+                      lips: str = "driving", lip_scale: float = 1.0, carried: bool = True,
+                      widest: int | None = None) -> np.ndarray:
     """The driver's expression term (T, 478, 3) weighted by the controls (scale; eyes and lips: see the module's
-    docstring). `carried=False`: measured in the driver's first-frame pose, not carried by its current one."""
+    docstring). `carried=False`: measured in the driver's first-frame pose, not carried by its current one.
+    `widest`: the frame `eyes=open` holds (default: the widest-open frame of `driving`)."""
     expression = split_motion(driving, carried=carried)[1]
     weight = np.full(driving.shape[1], float(expression_scale))
     weight[lower_face(driving[0])] *= 0.0 if lips == "source" else lip_scale
     if eyes == "source":
         weight[EYES] = 0.0
     elif eyes == "open":  # the expression of the driver's widest-open frame, carried by each frame's pose
-        widest = int(np.argmax(eye_opening(driving)))
+        widest = int(np.argmax(eye_opening(driving))) if widest is None else widest
         expression[:, EYES] = split_motion(driving, hold=widest, carried=carried)[1][:, EYES]
     return weight[None, :, None] * expression
 
 
 def onto_video(source: np.ndarray, driving: np.ndarray, expression_scale: float = 1.0, eyes: str = "driving",
                lips: str = "driving", lip_scale: float = 1.0) -> np.ndarray:
-    """Video-to-video: (T, 478, 3) landmarks of a source *video* (Ts, 478, 3) that keeps its own head motion
-    and expression and takes on the driver's expression change since its first frame, T = min(Ts, Td) (the
-    shorter of the two). The driver's expression, measured in its first-frame pose, is carried into each
+    """Video-to-video: (T, 478, 3) float32 landmarks of a source *video* (Ts, 478, 3) that keeps its own head
+    motion and expression and takes on the driver's expression change since its first frame, T = min(Ts, Td)
+    (the shorter of the two). The driver's expression, measured in its first-frame pose, is carried into each
     source frame by the similarity from the driver's first frame onto that frame (fitted on RIGID points)."""
-    source, driving = np.asarray(source, np.float64), np.asarray(driving, np.float64)
     n = min(len(source), len(driving))
     source, driving = source[:n], driving[:n]
-    expression = driven_expression(driving, expression_scale, eyes, lips, lip_scale, carried=False)
-    out = np.empty_like(source)
-    for t in range(n):
-        fit = similarity_transform(driving[0, RIGID, :2], source[t, RIGID, :2])
-        linear = fit[:, :2]
-        out[t, :, :2] = source[t, :, :2] + expression[t, :, :2] @ linear.T
-        out[t, :, 2] = source[t, :, 2] + float(np.sqrt(abs(np.linalg.det(linear)))) * expression[t, :, 2]
-    return _close_eyes(out) if eyes == "closed" else out.astype(np.float32)
+    widest = widest_open(driving) if eyes == "open" else 0
+    out = np.empty((n, *np.shape(source)[1:]), np.float32)
+    for start, rows in _chunks(driving, widest):
+        expression = driven_expression(rows, expression_scale, eyes, lips, lip_scale, carried=False,
+                                       widest=len(rows) - 1)[1:-1]
+        src = np.asarray(source[start : start + CHUNK], np.float64)
+        moved = np.empty_like(src)
+        for t in range(len(src)):
+            fit = similarity_transform(rows[0, RIGID, :2], src[t, RIGID, :2])
+            linear = fit[:, :2]
+            moved[t, :, :2] = src[t, :, :2] + expression[t, :, :2] @ linear.T
+            moved[t, :, 2] = src[t, :, 2] + float(np.sqrt(abs(np.linalg.det(linear)))) * expression[t, :, 2]
+        out[start : start + CHUNK] = _close_eyes(moved) if eyes == "closed" else moved
+    return out
 
 
 def check_pose(landmarks: np.ndarray, what: str) -> None:

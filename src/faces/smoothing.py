@@ -13,6 +13,7 @@ import numpy as np
 # points on the nose bridge and the tip: they move only with the head, never with an expression
 STATIC_POINTS = (6, 168, 197, 195, 5, 4)
 POLY_ORDER = 2
+POINTS_AT_ONCE = 16
 
 
 def smooth_landmarks(landmarks: np.ndarray, window: int) -> np.ndarray:
@@ -20,19 +21,25 @@ def smooth_landmarks(landmarks: np.ndarray, window: int) -> np.ndarray:
     shortened to the clip when it is longer). A clip shorter than 4 frames is returned unchanged."""
     from scipy.signal import savgol_filter
 
-    lm = np.asarray(landmarks, np.float64)
+    lm = np.asarray(landmarks)
     if window < 3 or window % 2 == 0:
         raise ValueError(f"the smoothing window must be an odd number of frames >= 3, not {window}")
     window = min(window, len(lm) if len(lm) % 2 else len(lm) - 1)
     if window <= POLY_ORDER + 1:
         return lm.astype(np.float32)
-    return savgol_filter(lm, window, POLY_ORDER, axis=0, mode="interp").astype(np.float32)
+    # each point is filtered on its own, so a few points at a time: the float64 work arrays stay small however
+    # long the video (the whole clip at once held 5x its landmarks)
+    out = np.empty(lm.shape, np.float32)
+    for i in range(0, lm.shape[1], POINTS_AT_ONCE):
+        out[:, i : i + POINTS_AT_ONCE] = savgol_filter(np.asarray(lm[:, i : i + POINTS_AT_ONCE], np.float64), window,
+                                                       POLY_ORDER, axis=0, mode="interp")
+    return out
 
 
 def jitter(landmarks: np.ndarray, size: int, points=STATIC_POINTS) -> float:
     """Mean acceleration (pixels / frame^2 at crop size `size`) of the static `points` over the still stretches
     of a clip: frames whose nose-bridge speed is at most its median. High-frequency tremble, not motion."""
-    p = np.asarray(landmarks, np.float64)[:, list(points), :2] * size
+    p = np.asarray(landmarks)[:, list(points), :2].astype(np.float64) * size
     if len(p) < 3:
         return 0.0
     speed = np.linalg.norm(np.diff(p.mean(1), axis=0), axis=-1)             # (T-1,)
