@@ -305,6 +305,19 @@ def test_long_videos_are_transformed_in_chunks_with_the_same_result(portrait, dr
                                                                        mode="interp").astype(np.float32), atol=0)
 
 
+def test_tracking_keeps_frames_beyond_the_first_passs_count(driving_clip, monkeypatch):
+    """The landmark pass fills an array sized by the detection pass's frame count; a decoder that yields more
+    frames the second time still gets every frame's landmarks, the same ones."""
+    from src.faces import tracking
+
+    whole = inference.prepare_driving(driving_clip, 64)
+    counted = tracking.detect_in_stream
+    monkeypatch.setattr(tracking, "detect_in_stream", lambda *a: (lambda found, n: (found, n - 10))(*counted(*a)))
+    more = inference.prepare_driving(driving_clip, 64)
+    assert more.frames == whole.frames > 10
+    np.testing.assert_array_equal(more.landmarks, whole.landmarks)
+
+
 def test_controls_that_make_no_sense_are_refused_when_parsed(capsys):
     base = ["--checkpoint", "c.ckpt", "--source", "s.jpg", "--driving", "d.mp4", "--output", "o.mp4"]
     for extra, expect in ((["--motion-parts", "pose", "--expression-scale", "2"], "takes no expression"),
