@@ -248,7 +248,7 @@ def _track(path: Path, what: str, resolution: int, progress: bool, on_frame=None
         for t, frame in enumerate(frames):
             crop = crop_frame(frame, box, max(resolution, MESH_SIZE))
             faces = mesh(crop)
-            if faces and not any(found):
+            if t == 0 and faces:
                 # MediaPipe places a video's first frame with its detector and the rest by tracking (up to about
                 # 1 px apart at 256); frame 0 is relative motion's reference, so it is measured as the rest are.
                 faces = mesh(crop) or faces

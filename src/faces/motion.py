@@ -119,18 +119,17 @@ def widest_open(driving: np.ndarray) -> int:
 
 
 def driven_expression(driving: np.ndarray, expression_scale: float = 1.0, eyes: str = "driving",
-                      lips: str = "driving", lip_scale: float = 1.0, carried: bool = True,
-                      widest: int | None = None) -> np.ndarray:
+                      lips: str = "driving", lip_scale: float = 1.0, carried: bool = True, *,
+                      widest: int) -> np.ndarray:
     """The driver's expression term (T, 478, 3) weighted by the controls (scale; eyes and lips: see the module's
     docstring). `carried=False`: measured in the driver's first-frame pose, not carried by its current one.
-    `widest`: the frame `eyes=open` holds (default: the widest-open frame of `driving`)."""
+    `widest`: the frame of `driving` that `eyes=open` holds (the callers pass widest_open's, see _chunks)."""
     expression = split_motion(driving, carried=carried)[1]
     weight = np.full(driving.shape[1], float(expression_scale))
     weight[lower_face(driving[0])] *= 0.0 if lips == "source" else lip_scale
     if eyes == "source":
         weight[EYES] = 0.0
     elif eyes == "open":  # the expression of the driver's widest-open frame, carried by each frame's pose
-        widest = int(np.argmax(eye_opening(driving))) if widest is None else widest
         expression[:, EYES] = split_motion(driving, hold=widest, carried=carried)[1][:, EYES]
     return weight[None, :, None] * expression
 
