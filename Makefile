@@ -19,7 +19,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help install lint test app demo sample preprocess stage1 meta sr personalize upscale animate evaluate sweep train bench bench-gpu bench-personalize export meta-evidence clean distclean
+.PHONY: help install lint test app demo sample preprocess stage1 meta sr personalize upscale animate evaluate sweep train bench bench-gpu bench-personalize export meta-evidence meta-ablation meta-evidence-reps clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -125,24 +125,36 @@ bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md (e
 # The adaptation-curve evidence of BENCHMARKS.md: stage 1, meta and a control on voxceleb2_mini's dev split at
 # the `tiny` scale (64 px, blend_warped), trained by `make meta-evidence`: META_CKPT is Reptile with learned
 # per-tensor inner rates on tasks of 16 support frames for 220 outer steps, about the CPU time of the control's
-# extra 140 refine epochs (stage 1 trained on: CONTROL_REFINE_EPOCHS, see BENCHMARKS.md); outputs/meta/evidence_tiny
-# (240 steps, 8 support frames, no learned rates) is the ablation.
-META_CKPT    ?= outputs/meta/evidence_tiny_lslr220_s16/checkpoints/last.ckpt
-STAGE1_CKPT  ?= outputs/stage1/evidence_tiny/refine/checkpoints/last.ckpt
-CONTROL_CKPT ?= outputs/stage1/evidence_tiny_control/refine/checkpoints/last.ckpt
+# extra 140 refine epochs (stage 1 trained on: CONTROL_REFINE_EPOCHS, see BENCHMARKS.md). EVIDENCE_REP names one
+# repetition of the whole evidence (its run folders end in _rep<N>, trained with seed 1233+N); `make
+# meta-evidence-reps` trains and benchmarks three. `make meta-ablation`: Reptile without learned rates.
+EVIDENCE_REP ?=
+REP_TAG      := $(if $(EVIDENCE_REP),_rep$(EVIDENCE_REP))
+REP_SEED     := $(if $(EVIDENCE_REP),seed=$(shell echo $$((1233 + $(EVIDENCE_REP)))))
+META_CKPT    ?= outputs/meta/evidence_tiny_lslr220_s16$(REP_TAG)/checkpoints/last.ckpt
+STAGE1_CKPT  ?= outputs/stage1/evidence_tiny$(REP_TAG)/refine/checkpoints/last.ckpt
+CONTROL_CKPT ?= outputs/stage1/evidence_tiny_control$(REP_TAG)/refine/checkpoints/last.ckpt
 CONTROL_REFINE_EPOCHS ?= 240
-EVIDENCE_ARGS := model=tiny model.refiner.blend_warped=true logger=disabled data.root=$(EVIDENCE_SHARDS) trainer.enable_progress_bar=false
+EVIDENCE_ARGS := model=tiny model.refiner.blend_warped=true logger=disabled data.root=$(EVIDENCE_SHARDS) \
+  trainer.enable_progress_bar=false $(REP_SEED)
 META_EVIDENCE_ARGS := $(EVIDENCE_ARGS) meta.init=$(STAGE1_CKPT) meta.algorithm=reptile meta.inner_steps=10 meta.inner_batch=4 \
   meta.support_frames=8 meta.query_from_other_clip=false meta.outer_optimizer=sgd meta.outer_lr_decay=linear optim.lr=0.5 \
   trainer.max_steps=240 trainer.max_epochs=100000 trainer.check_val_every_n_epoch=16
-meta-evidence: install ## train the stage-1, meta (with and without learned rates) and control runs that bench-personalize compares (tiny, ~30 min on 2 CPU cores)
+meta-evidence: install ## train the stage-1, meta (learned rates) and control runs that bench-personalize compares (tiny, ~25 min on 2 CPU cores)
 	@test -f $(EVIDENCE_SHARDS)/manifest.json || $(PY) -m benchmarks.bench_preprocess
-	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny stage1.warp_epochs=20 stage1.refine_epochs=100 trainer.check_val_every_n_epoch=10
-	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=evidence_tiny_lslr220_s16 meta.learn_inner_lr=true meta.inner_lr_lr=0.02 \
-	  meta.support_frames=16 trainer.max_steps=220
-	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=evidence_tiny
-	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny_control stage1.warp_epochs=20 \
+	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny$(REP_TAG) stage1.warp_epochs=20 stage1.refine_epochs=100 \
+	  trainer.check_val_every_n_epoch=10
+	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=evidence_tiny_lslr220_s16$(REP_TAG) meta.learn_inner_lr=true \
+	  meta.inner_lr_lr=0.02 meta.support_frames=16 trainer.max_steps=220
+	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny_control$(REP_TAG) stage1.warp_epochs=20 \
 	  stage1.refine_epochs=$(CONTROL_REFINE_EPOCHS) trainer.check_val_every_n_epoch=10
+
+meta-ablation: install ## Reptile without learned rates from the evidence's stage 1 (after meta-evidence)
+	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=evidence_tiny$(REP_TAG)
+
+meta-evidence-reps: install ## three repetitions of the whole adaptation-curve evidence, training included (~1.5 h on 2 CPU cores)
+	for rep in 1 2 3; do $(MAKE) --no-print-directory meta-evidence EVIDENCE_REP=$$rep && \
+	  $(MAKE) --no-print-directory bench-personalize EVIDENCE_REP=$$rep ARGS="--name personalize_curves_rep$$rep" || exit 1; done
 
 bench-gpu: install ## the GPU path measured on one GPU (~8 min): training, loader, inference, personalization; rows into BENCHMARKS.md
 	$(PY) -m benchmarks.bench_gpu $(ARGS)

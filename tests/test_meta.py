@@ -152,15 +152,16 @@ def test_multi_step_loss_averages_the_query_gradient_over_the_start_and_every_in
         _meta(shards, "meta.algorithm=reptile", "meta.multi_step_loss=true")
 
 
-def test_learned_inner_rate_gradient_is_the_derivative_of_the_adapted_query_loss(shards):
+@pytest.mark.parametrize("generator", [["model.warp.mesh_prior=false", "model.refiner.blend_warped=false"],
+                                       ["model.warp.mesh_prior=true", "model.refiner.blend_warped=true"]],
+                         ids=["learned_only", "mesh_prior"])
+def test_learned_inner_rate_gradient_is_the_derivative_of_the_adapted_query_loss(shards, generator):
     # one inner SGD step: theta_1 = theta_0 - rate * g_0 with g_0 independent of the rate, so the first-order
     # formula <dL_q/dtheta_1, theta_1 - theta_0> is the exact derivative in log(rate): checked by finite differences
-    # checked on the learned-only generator. On the mesh prior the flow head's rate gradient differs from the
-    # finite difference by about 15 % (0.00066 against 0.00057 at inner_lr 0.005, 0.0156 against 0.0140 at 0.05):
-    # an open question, noted in BENCHMARKS.md
+    # in float64. On the prior the rate gradients are ~100x smaller, so the check needs the loss itself in float64:
+    # with the MS-SSIM term in float32 its rounding (~1e-7) read as a 15 % disagreement
     module, batch = _meta(shards, "meta.algorithm=fomaml", "meta.inner_optimizer=sgd", "meta.inner_lr=0.05",
-                          "meta.inner_steps=1", "meta.learn_inner_lr=true", "model.warp.mesh_prior=false",
-                          "model.refiner.blend_warped=false")
+                          "meta.inner_steps=1", "meta.learn_inner_lr=true", *generator)
     module.double()
     batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
     assert module.inner_log_lr.shape == (len(module.param_names),
@@ -179,7 +180,7 @@ def test_learned_inner_rate_gradient_is_the_derivative_of_the_adapted_query_loss
                 losses.append(sum(float(module.query_loss(f, batch, t)[0]) for t, f in enumerate(fast)) / 2)
         with torch.no_grad():
             module.inner_log_lr[i] = 0.0
-        assert grad[i].item() == pytest.approx((losses[0] - losses[1]) / 2e-3, rel=2e-2), module.param_names[i]
+        assert grad[i].item() == pytest.approx((losses[0] - losses[1]) / 2e-3, rel=2e-3), module.param_names[i]
 
 
 def test_learned_rates_are_stepped_bounded_saved_and_read_back(shards, tmp_path):
