@@ -140,7 +140,7 @@ EVIDENCE_ARGS := model=tiny model.refiner.blend_warped=true logger=disabled data
 META_EVIDENCE_ARGS := $(EVIDENCE_ARGS) meta.init=$(STAGE1_CKPT) meta.algorithm=reptile meta.inner_steps=10 meta.inner_batch=4 \
   meta.support_frames=8 meta.query_from_other_clip=false meta.outer_optimizer=sgd meta.outer_lr_decay=linear optim.lr=0.5 \
   trainer.max_steps=240 trainer.max_epochs=100000 trainer.check_val_every_n_epoch=16
-meta-evidence: install ## train the stage-1, meta (learned rates) and control runs that bench-personalize compares (tiny, ~25 min on 2 CPU cores)
+meta-evidence: install ## train the stage-1, meta (learned rates) and control runs that bench-personalize compares (tiny, ~45 min on 2 CPU cores)
 	@test -f $(EVIDENCE_SHARDS)/manifest.json || $(PY) -m benchmarks.bench_preprocess
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny$(REP_TAG) stage1.warp_epochs=20 stage1.refine_epochs=100 \
 	  trainer.check_val_every_n_epoch=10
@@ -152,7 +152,7 @@ meta-evidence: install ## train the stage-1, meta (learned rates) and control ru
 meta-ablation: install ## Reptile without learned rates from the evidence's stage 1 (after meta-evidence)
 	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=evidence_tiny$(REP_TAG)
 
-meta-evidence-reps: install ## three repetitions of the whole adaptation-curve evidence, training included (~1.5 h on 2 CPU cores)
+meta-evidence-reps: install ## three repetitions of the whole adaptation-curve evidence, training included (~2.5 h on 2 CPU cores)
 	for rep in 1 2 3; do $(MAKE) --no-print-directory meta-evidence EVIDENCE_REP=$$rep && \
 	  $(MAKE) --no-print-directory bench-personalize EVIDENCE_REP=$$rep ARGS="--name personalize_curves_rep$$rep" || exit 1; done
 
