@@ -4,7 +4,7 @@ baselines, same-identity and cross-identity, as one BENCHMARKS.md table.
     python -m benchmarks.eval_metrics --checkpoint outputs/stage1/evidence/refine/checkpoints/last.ckpt \
         --data outputs/bench/shards_fixtures [--max-frames 16]
 
-The full reports (JSON + Markdown) stay in outputs/bench/evaluation/{same,cross}-identity/.
+The full reports (JSON + Markdown) stay in outputs/bench/<name>/{same,cross}-identity/ (name: evaluation).
 """
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ def main(argv=None) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--max-frames", type=int, default=16)
+    p.add_argument("--name", default="evaluation", help="the table's name (a repetition's own, say)")
     a = p.parse_args(argv)
     result = {"command": "python -m benchmarks.eval_metrics " + " ".join(argv if argv is not None else sys.argv[1:])}
     t0 = time.time()
     for mode in ("same-identity", "cross-identity"):
-        out = RESULTS / "evaluation" / mode
+        out = RESULTS / a.name / mode
         r = evaluate(Path(a.checkpoint), Path(a.data), a.split, mode, a.max_frames, progress=False)
         write_report(r, out)
         result[f"{mode} pairs"] = f"{r['pairs']} pairs from {r['clips']} clips at {r['resolution']} px"
@@ -41,7 +42,7 @@ def main(argv=None) -> None:
         if r["unavailable"]:
             result[f"{mode}: unavailable"] = r["unavailable"]
     result["eval_s"] = round(time.time() - t0, 1)
-    save("evaluation", result)
+    save(a.name, result)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,12 @@ class EpisodeDataset(Dataset):
             # validation is always judged as personalization is: the clip's held-out tail from its typical frame
             s_idx, q_idx = self._tail_split(support_item, n_s, k, q, rng, self.spec.query_tail or HELDOUT_FRACTION)
         elif query_item is support_item:  # one clip: the source, support and query frames are all different frames
-            pick = rng.choice(n_s, k + 1 + q, replace=n_s < k + 1 + q)
+            if self.spec.source_frame == "typical":  # the frame src.personalize drives from, then others
+                src = typical_frame(support_item["landmarks"], 0, n_s)
+                others = np.delete(np.arange(n_s), src)
+                pick = np.concatenate([[src], rng.choice(others, k + q, replace=len(others) < k + q)])
+            else:
+                pick = rng.choice(n_s, k + 1 + q, replace=n_s < k + 1 + q)
             s_idx, q_idx = pick[: k + 1], pick[k + 1 :]
         elif self.deterministic:
             s_idx = np.linspace(1, n_s - 1, k + 1).round().astype(int)  # [source, support...]
@@ -161,7 +166,7 @@ class VoxCeleb2DataModule(GuidanceDataModule):
                  num_workers: int = 2, train_split: str = "dev", val_split: str = "test", augment: bool = True,
                  samples_per_clip: int = 4, window: int = 6, support: int = 4, query: int = 4,
                  cross_clip: bool = True, query_tail: float = 0.0, id_dim: int | None = None, render: bool = True,
-                 seed: int = 0, edges: str = "contours", sr_scale: int = 2):
+                 seed: int = 0, edges: str = "contours", sr_scale: int = 2, source_frame: str = "random"):
         super().__init__()
         if mode not in CHOICES["data.mode"]:
             raise UserError(f"data.mode must be one of {', '.join(CHOICES['data.mode'])}, got '{mode}'")
@@ -171,8 +176,11 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         self.render, self.edges = render, edges
         if not 0 <= query_tail < 1:
             raise UserError(f"meta.query_tail must be in [0, 1), got {query_tail}")
+        if source_frame not in CHOICES["meta.source_frame"]:
+            raise UserError(f"meta.source_frame must be one of {', '.join(CHOICES['meta.source_frame'])}, "
+                            f"got '{source_frame}'")
         self.spec = SampleSpec(mode, resolution, samples_per_clip, window, support, query, cross_clip, query_tail,
-                               augment, seed, sr_scale)
+                               source_frame, augment, seed, sr_scale)
         self.requested_id_dim = id_dim
         self.manifest = load_manifest(self.root)  # cheap JSON; validates the folder early
         self.id_dim = check_id_dim(id_dim, self.manifest)
@@ -185,7 +193,8 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         extra = {}
         if "meta" in cfg:  # episode sizes are the meta stage's settings
             extra.update(support=cfg.meta.support_frames, query=cfg.meta.query_frames,
-                         cross_clip=cfg.meta.query_from_other_clip, query_tail=cfg.meta.query_tail)
+                         cross_clip=cfg.meta.query_from_other_clip, query_tail=cfg.meta.query_tail,
+                         source_frame=cfg.meta.source_frame)
         if "sr" in cfg:  # window length is the SR stage's setting, the HQ size the SR model's
             extra.update(window=cfg.sr.window, sr_scale=cfg.model.sr.scale)
         return cls(root=root or d.root, mode=d.mode, resolution=d.resolution, batch_size=d.batch_size,

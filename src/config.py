@@ -38,6 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "meta.inner_optimizer": ("adam", "sgd"),
     "meta.outer_optimizer": ("adam", "sgd"),
     "meta.outer_lr_decay": ("constant", "linear"),
+    "meta.source_frame": ("random", "typical"),
     "sr.lq": ("base", "bicubic"),
 }
 # Every numeric key with a range, declared once: compose refuses a value outside [low, high] (None: unbounded) or

@@ -107,6 +107,22 @@ def test_episodes_query_tail_split_a_clip_as_personalization_does(shards):
         VoxCeleb2DataModule(str(shards), mode="episodes", query_tail=1.0)
 
 
+def test_episodes_typical_source_drive_other_frames_from_the_clips_typical_frame(shards):
+    dm = VoxCeleb2DataModule(str(shards), mode="episodes", resolution=64, batch_size=2, num_workers=0,
+                             support=3, query=2, cross_clip=False, source_frame="typical")
+    dm.setup("fit")
+    clips = StreamingDataset(str(shards / dm.train_split))
+    by_key = {clips[i]["key"]: clips[i]["landmarks"] for i in range(len(clips))}
+    for i in range(len(dm.train_set)):
+        item = dm.train_set[i]
+        lms = by_key[item["support_key"]]
+        frames = [*item["support_index"].tolist(), *item["query_index"].tolist()]  # [source, support..., query...]
+        assert frames[0] == typical_frame(lms, 0, len(lms))  # the whole clip's typical frame
+        assert len(set(frames)) == 6, frames  # support and query: other frames, none used twice
+    with pytest.raises(UserError, match="source_frame"):
+        VoxCeleb2DataModule(str(shards), mode="episodes", source_frame="first")
+
+
 def test_windows_mode_and_end_padding(shards):
     dm = VoxCeleb2DataModule(str(shards), mode="windows", resolution=64, batch_size=2, num_workers=0, window=4)
     dm.setup("fit")
