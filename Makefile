@@ -139,14 +139,16 @@ stage1-evidence-reps: install ## three repetitions of the stage-1 evidence, trai
 
 # The adaptation-curve evidence of BENCHMARKS.md: stage 1, meta and a control on voxceleb2_mini's dev split at
 # the `tiny` scale (64 px, blend_warped), trained by `make meta-evidence`: META_CKPT is Reptile with learned
-# per-tensor inner rates on tasks of 16 support frames for 220 outer steps, about the CPU time of the control's
-# extra 140 refine epochs (stage 1 trained on: CONTROL_REFINE_EPOCHS, see BENCHMARKS.md). EVIDENCE_REP names one
+# per-tensor inner rates on tasks of 40 support frames (chosen on the mesh prior on a proxy split; 16 before
+# 2026-12-06) for 220 outer steps, about the CPU time of the control's extra 140 refine epochs (stage 1 trained
+# on: CONTROL_REFINE_EPOCHS, see BENCHMARKS.md). EVIDENCE_REP names one
 # repetition of the whole evidence (its run folders end in _rep<N>, trained with seed 1233+N); `make
 # meta-evidence-reps` trains and benchmarks three. `make meta-ablation`: Reptile without learned rates.
 EVIDENCE_REP ?=
 REP_TAG      := $(if $(EVIDENCE_REP),_rep$(EVIDENCE_REP))
 REP_SEED     := $(if $(EVIDENCE_REP),seed=$(shell echo $$((1233 + $(EVIDENCE_REP)))))
-META_CKPT    ?= outputs/meta/evidence_tiny_lslr220_s16$(REP_TAG)/checkpoints/last.ckpt
+META_RUN     := evidence_tiny_lslr220_s40
+META_CKPT    ?= outputs/meta/$(META_RUN)$(REP_TAG)/checkpoints/last.ckpt
 STAGE1_CKPT  ?= outputs/stage1/evidence_tiny$(REP_TAG)/refine/checkpoints/last.ckpt
 CONTROL_CKPT ?= outputs/stage1/evidence_tiny_control$(REP_TAG)/refine/checkpoints/last.ckpt
 CONTROL_REFINE_EPOCHS ?= 240
@@ -159,8 +161,8 @@ meta-evidence: install ## train the stage-1, meta (learned rates) and control ru
 	@test -f $(EVIDENCE_SHARDS)/manifest.json || $(PY) -m benchmarks.bench_preprocess
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny$(REP_TAG) stage1.warp_epochs=20 stage1.refine_epochs=100 \
 	  trainer.check_val_every_n_epoch=10
-	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=evidence_tiny_lslr220_s16$(REP_TAG) meta.learn_inner_lr=true \
-	  meta.inner_lr_lr=0.02 meta.support_frames=16 trainer.max_steps=220
+	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=$(META_RUN)$(REP_TAG) meta.learn_inner_lr=true \
+	  meta.inner_lr_lr=0.02 meta.support_frames=40 trainer.max_steps=220
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny_control$(REP_TAG) stage1.warp_epochs=20 \
 	  stage1.refine_epochs=$(CONTROL_REFINE_EPOCHS) trainer.check_val_every_n_epoch=10
 
@@ -169,7 +171,7 @@ meta-ablation: install ## Reptile without learned rates from the evidence's stag
 
 meta-evidence-reps: install ## three repetitions of the whole adaptation-curve evidence, training included (~2.5 h on 2 CPU cores)
 	for rep in 1 2 3; do $(MAKE) --no-print-directory meta-evidence EVIDENCE_REP=$$rep && \
-	  $(MAKE) --no-print-directory bench-personalize EVIDENCE_REP=$$rep ARGS="--name personalize_curves_rep$$rep" || exit 1; done
+	  $(MAKE) --no-print-directory bench-personalize EVIDENCE_REP=$$rep ARGS="--name personalize_curves_s40_rep$$rep" || exit 1; done
 
 bench-gpu: install ## the GPU path measured on one GPU (~8 min): training, loader, inference, personalization; rows into BENCHMARKS.md
 	$(PY) -m benchmarks.bench_gpu $(ARGS)
