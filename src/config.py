@@ -295,6 +295,10 @@ def check_rules(cfg: DictConfig) -> None:
                               f"{m.inner_lr_lr} and {m.inner_lr_scale_max}")
         if not 0 <= m.query_tail < 1:
             raise ConfigError(f"meta.query_tail must be in [0, 1), got {m.query_tail}")
+        if m.source_frame == "typical" and (m.query_from_other_clip or m.query_tail > 0):
+            # the other episode kinds choose their own source (query_tail: already the typical frame)
+            raise ConfigError("meta.source_frame=typical applies to episodes from one clip with the query anywhere in "
+                              "it: it needs meta.query_from_other_clip=false and meta.query_tail=0")
 
 
 def lq_resolution(cfg: DictConfig) -> int:

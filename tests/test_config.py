@@ -86,6 +86,12 @@ def test_a_mistyped_choice_fails_at_compose_time_with_a_suggestion():
         C.compose("meta", ["meta.algorithm=maml", "loss.perceptual=vgg19"])
     with pytest.raises(ConfigError, match="query_tail"):
         C.compose("meta", ["meta.query_tail=1.5"])
+    with pytest.raises(ConfigError, match="source_frame=typical"):
+        C.compose("meta", ["meta.source_frame=typical"])  # the query from another clip (the default)
+    with pytest.raises(ConfigError, match="must be one of"):
+        C.compose("meta", ["meta.source_frame=first"])
+    assert C.compose("meta", ["meta.source_frame=typical", "meta.query_from_other_clip=false"]).meta.source_frame == \
+        "typical"
     with pytest.raises(ConfigError, match="model.sr.scale"):
         C.compose("sr", ["model.sr.scale=3"])
 
