@@ -122,15 +122,21 @@ bench: install ## run every benchmark and rewrite the tables in BENCHMARKS.md (e
 	else echo "skipped: adaptation curves ($(META_CKPT) or $(STAGE1_CKPT) not found)"; fi
 	$(PY) -m benchmarks.report
 
+# EVIDENCE_REP names one repetition of an evidence run below: its run folders and tables end in _rep<N>, and it
+# trains with seed 1233+N.
+EVIDENCE_REP ?=
+REP_TAG      := $(if $(EVIDENCE_REP),_rep$(EVIDENCE_REP))
+REP_SEED     := $(if $(EVIDENCE_REP),seed=$(shell echo $$((1233 + $(EVIDENCE_REP)))))
+EVIDENCE_COMMON := logger=disabled data.root=$(EVIDENCE_SHARDS) trainer.enable_progress_bar=false $(REP_SEED)
+
 # The stage-1 evidence of BENCHMARKS.md: the demo preset trained on voxceleb2_mini's dev people (about 12 min on 2
 # CPU cores), then the field's metrics on its test people beside both baselines (the `evaluation` table, or
 # `evaluation_rep<N>` for EVIDENCE_REP=N). `make stage1-evidence-reps` trains and evaluates three repetitions.
 stage1-evidence: install ## train and evaluate the stage-1 evidence model (demo preset, ~15 min on 2 CPU cores)
 	@test -f $(EVIDENCE_SHARDS)/manifest.json || $(PY) -m benchmarks.bench_preprocess
-	$(PY) -m src.train stage1 model=demo logger=disabled data.root=$(EVIDENCE_SHARDS) stage1.warp_epochs=20 \
-	  stage1.refine_epochs=20 trainer.log_every_n_steps=5 trainer.enable_progress_bar=false $(REP_SEED) \
-	  run_name=evidence$(REP_TAG)
-	$(PY) -m benchmarks.eval_metrics --checkpoint $(STAGE1_RUN)$(REP_TAG)/refine/checkpoints/last.ckpt \
+	$(PY) -m src.train stage1 model=demo $(EVIDENCE_COMMON) stage1.warp_epochs=20 stage1.refine_epochs=20 \
+	  trainer.log_every_n_steps=5 run_name=evidence$(REP_TAG)
+	$(PY) -m benchmarks.eval_metrics --checkpoint outputs/stage1/evidence$(REP_TAG)/refine/checkpoints/last.ckpt \
 	  --data $(EVIDENCE_SHARDS) --name evaluation$(REP_TAG)
 
 stage1-evidence-reps: install ## three repetitions of the stage-1 evidence, training included (~45 min on 2 CPU cores)
@@ -139,21 +145,17 @@ stage1-evidence-reps: install ## three repetitions of the stage-1 evidence, trai
 
 # The adaptation-curve evidence of BENCHMARKS.md: stage 1, meta and a control on voxceleb2_mini's dev split at
 # the `tiny` scale (64 px, blend_warped), trained by `make meta-evidence`: META_CKPT is Reptile with learned
-# per-tensor inner rates on tasks of 40 support frames (chosen on the mesh prior on a proxy split; 16 before
-# 2026-12-06) for 220 outer steps, about the CPU time of the control's extra 140 refine epochs (stage 1 trained
-# on: CONTROL_REFINE_EPOCHS, see BENCHMARKS.md). EVIDENCE_REP names one
-# repetition of the whole evidence (its run folders end in _rep<N>, trained with seed 1233+N); `make
-# meta-evidence-reps` trains and benchmarks three. `make meta-ablation`: Reptile without learned rates.
-EVIDENCE_REP ?=
-REP_TAG      := $(if $(EVIDENCE_REP),_rep$(EVIDENCE_REP))
-REP_SEED     := $(if $(EVIDENCE_REP),seed=$(shell echo $$((1233 + $(EVIDENCE_REP)))))
-META_RUN     := evidence_tiny_lslr220_s40
+# per-tensor inner rates on tasks of META_SUPPORT support frames (40, chosen on the mesh prior on a proxy split; 16
+# before 2026-12-06) for 220 outer steps, about the CPU time of the control's extra 140 refine epochs (stage 1
+# trained on: CONTROL_REFINE_EPOCHS, see BENCHMARKS.md). `make meta-evidence-reps` trains and benchmarks three
+# repetitions. `make meta-ablation`: Reptile without learned rates.
+META_SUPPORT := 40
+META_RUN     := evidence_tiny_lslr220_s$(META_SUPPORT)
 META_CKPT    ?= outputs/meta/$(META_RUN)$(REP_TAG)/checkpoints/last.ckpt
 STAGE1_CKPT  ?= outputs/stage1/evidence_tiny$(REP_TAG)/refine/checkpoints/last.ckpt
 CONTROL_CKPT ?= outputs/stage1/evidence_tiny_control$(REP_TAG)/refine/checkpoints/last.ckpt
 CONTROL_REFINE_EPOCHS ?= 240
-EVIDENCE_ARGS := model=tiny model.refiner.blend_warped=true logger=disabled data.root=$(EVIDENCE_SHARDS) \
-  trainer.enable_progress_bar=false $(REP_SEED)
+EVIDENCE_ARGS := model=tiny model.refiner.blend_warped=true $(EVIDENCE_COMMON)
 META_EVIDENCE_ARGS := $(EVIDENCE_ARGS) meta.init=$(STAGE1_CKPT) meta.algorithm=reptile meta.inner_steps=10 meta.inner_batch=4 \
   meta.support_frames=8 meta.query_from_other_clip=false meta.outer_optimizer=sgd meta.outer_lr_decay=linear optim.lr=0.5 \
   trainer.max_steps=240 trainer.max_epochs=100000 trainer.check_val_every_n_epoch=16
@@ -162,7 +164,7 @@ meta-evidence: install ## train the stage-1, meta (learned rates) and control ru
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny$(REP_TAG) stage1.warp_epochs=20 stage1.refine_epochs=100 \
 	  trainer.check_val_every_n_epoch=10
 	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=$(META_RUN)$(REP_TAG) meta.learn_inner_lr=true \
-	  meta.inner_lr_lr=0.02 meta.support_frames=40 trainer.max_steps=220
+	  meta.inner_lr_lr=0.02 meta.support_frames=$(META_SUPPORT) trainer.max_steps=220
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny_control$(REP_TAG) stage1.warp_epochs=20 \
 	  stage1.refine_epochs=$(CONTROL_REFINE_EPOCHS) trainer.check_val_every_n_epoch=10
 
@@ -171,7 +173,7 @@ meta-ablation: install ## Reptile without learned rates from the evidence's stag
 
 meta-evidence-reps: install ## three repetitions of the whole adaptation-curve evidence, training included (~2.5 h on 2 CPU cores)
 	for rep in 1 2 3; do $(MAKE) --no-print-directory meta-evidence EVIDENCE_REP=$$rep && \
-	  $(MAKE) --no-print-directory bench-personalize EVIDENCE_REP=$$rep ARGS="--name personalize_curves_s40_rep$$rep" || exit 1; done
+	  $(MAKE) --no-print-directory bench-personalize EVIDENCE_REP=$$rep ARGS="--name personalize_curves_s$(META_SUPPORT)_rep$$rep" || exit 1; done
 
 bench-gpu: install ## the GPU path measured on one GPU (~8 min): training, loader, inference, personalization; rows into BENCHMARKS.md
 	$(PY) -m benchmarks.bench_gpu $(ARGS)
