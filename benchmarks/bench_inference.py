@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     def guidance():
         return dict(source_lmk=renderer(src_pts, r), driving_lmk=renderer(drv_pts, r), gaze=gaze_heatmaps(drv_pts, r),
                     mouth_mask=region_masks(drv_pts, r)[1],
-                    mesh_flow=generator.warper.prior(src_pts, drv_pts) if generator.mesh_prior else None)
+                    **(generator.warper.prior(src_pts, drv_pts) if generator.mesh_prior else {}))
 
     with torch.no_grad():
         guidance_ms, inputs = _timed(guidance, a.frames)

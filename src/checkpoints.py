@@ -96,6 +96,11 @@ def mesh_prior_of(cfg: dict) -> bool:
     return bool(((cfg.get("model") or {}).get("warp") or {}).get("mesh_prior", False))
 
 
+def mouth_prior_of(cfg: dict) -> bool:
+    """Whether a checkpoint's config has the mouth prior (model.warp.mouth_prior); older checkpoints do not."""
+    return bool(((cfg.get("model") or {}).get("warp") or {}).get("mouth_prior", False))
+
+
 def require_mesh_prior(path: Path, trained_cfg: dict, wanted: bool, hint: str = "") -> None:
     """An error unless the checkpoint at `path` (its config `trained_cfg`) warps as `wanted`: a residual flow trained
     on the mesh prior means nothing without it, and weights of a learned-only flow run under it as a model nobody
@@ -126,6 +131,7 @@ def load_generator(checkpoint: str | Path, mesh_prior: bool | None = None, what:
     if mesh_prior is not None:
         require_mesh_prior(path, cfg, mesh_prior)
     cfg["model"].setdefault("warp", {})["mesh_prior"] = mesh_prior_of(cfg)
+    cfg["model"]["warp"]["mouth_prior"] = mouth_prior_of(cfg)
     # keys added to the model section after the checkpoint was written take their defaults
     defaults = OmegaConf.load(CONFIG_DIR / "default.yaml").model
     try:
@@ -240,7 +246,7 @@ def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: st
 
 def check_mesh_prior(module: torch.nn.Module, state: dict, path: Path) -> None:
     """A warm start must warp the way its checkpoint was trained: weights of a learned-only flow loaded under the
-    mesh prior (or the reverse) would run, silently, as a model nobody trained."""
+    mesh prior (or the reverse) would run, silently, as a model nobody trained; the same holds for the mouth prior."""
     cfg = getattr(module, "cfg", None)
     trained = section(state, "hyper_parameters").get("cfg")
     if cfg is None or not isinstance(trained, dict) or "model" not in cfg:
@@ -249,3 +255,9 @@ def check_mesh_prior(module: torch.nn.Module, state: dict, path: Path) -> None:
     require_mesh_prior(path, trained, bool(cfg.model.warp.mesh_prior),
                        f": pass model.warp.mesh_prior={had} to continue from it, or start from a checkpoint trained "
                        "like this run")
+    # the mouth prior has no weights of its own, but a start whose occlusion it changes is not the model trained
+    had_mouth = mouth_prior_of(trained)
+    if had_mouth != bool(cfg.model.warp.get("mouth_prior", False)):
+        flag = f"model.warp.mouth_prior={str(had_mouth).lower()}"
+        raise UserError(f"{path} was trained {'with' if had_mouth else 'without'} the mouth prior ({flag}): pass "
+                        f"{flag} to continue from it, or start from a checkpoint trained like this run")

@@ -265,7 +265,7 @@ def check_rules(cfg: DictConfig) -> None:
     from src.models.generator import check_model_choices
 
     try:
-        check_model_choices(cfg.model.warp.mesh_prior, cfg.model.refiner.blend_warped)
+        check_model_choices(cfg.model.warp.mesh_prior, cfg.model.refiner.blend_warped, cfg.model.warp.mouth_prior)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     sr = cfg.model.sr

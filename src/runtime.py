@@ -77,7 +77,7 @@ class SourceGraph(nn.Module):
 
 class FrameGraph(nn.Module):
     """The generator for a batch of frames, with every input a tensor in a fixed order: FRAME_INPUTS, then the
-    mesh flow (when the generator has the mesh prior), then the pyramid's levels."""
+    prior's inputs (`prior_names`: the mesh flow, and mouth_unseen with the mouth prior), then the pyramid's levels."""
 
     def __init__(self, generator):
         super().__init__()
@@ -86,9 +86,15 @@ class FrameGraph(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         named = dict(zip(FRAME_INPUTS, inputs))
         rest = inputs[len(FRAME_INPUTS):]
-        mesh_flow = rest[0] if self.generator.mesh_prior else None
-        feats = list(rest[1:] if self.generator.mesh_prior else rest)
-        return self.generator(**named, source_feats=feats, mesh_flow=mesh_flow)["output"]
+        priors = prior_names(self.generator.warper.cfg)
+        named.update(zip(priors, rest))
+        feats = list(rest[len(priors):])
+        return self.generator(**named, source_feats=feats)["output"]
+
+
+def prior_names(warp_cfg) -> tuple[str, ...]:
+    """The frame graph's inputs that the mesh prior computes outside it (src.models.warping.prior_inputs)."""
+    return ("mesh_flow",) * warp_cfg.mesh_prior + ("mouth_unseen",) * warp_cfg.mouth_prior
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str]) -> None:
@@ -111,6 +117,8 @@ def frame_example(generator, batch: int, generator_seed: int = 0) -> dict[str, t
          "gaze": torch.rand(batch, 2, r, r, generator=g), "mouth_mask": torch.rand(batch, 1, r, r, generator=g)}
     if generator.mesh_prior:
         x["mesh_flow"] = torch.randn(batch, 2, fr, fr, generator=g) * 0.02
+    if cfg.mouth_prior:
+        x["mouth_unseen"] = torch.rand(batch, 1, fr, fr, generator=g)
     return x
 
 
@@ -135,6 +143,7 @@ def export_graphs(generator, folder: Path, batch: int, checkpoint: Path, sr=None
     _export(FrameGraph(generator), (*frame.values(), *feats), folder / "frame.onnx", [*frame, *feat_names],
             ["output"])
     manifest = {"format": 1, "opset": OPSET, "resolution": r, "batch": batch, "mesh_prior": generator.mesh_prior,
+                "mouth_prior": generator.warper.cfg.mouth_prior,
                 "id_dim": generator.refiner.cfg.id_dim, "flow_resolution": generator.warper.flow_res,
                 "pyramid_levels": len(feats), "checkpoint": {"name": Path(checkpoint).name,
                                                               **fingerprint(checkpoint)}}
@@ -206,6 +215,7 @@ class OnnxGenerator(nn.Module):
         self.manifest = read_manifest(folder, checkpoint)
         self.batch, self.flow_res = self.manifest["batch"], self.manifest["flow_resolution"]
         self.mesh_flow = MeshFlow() if self.manifest["mesh_prior"] else None
+        self.mouth_prior = bool(self.manifest.get("mouth_prior", False))  # graphs exported before it have none
         self.source_session = _session(folder / "source.onnx", threads)
         self.frame_session = _session(folder / "frame.onnx", threads)
 
@@ -219,7 +229,7 @@ class OnnxGenerator(nn.Module):
         return [torch.cat(level).to(source.device) for level in levels]
 
     def forward(self, source, source_lmk, driving_lmk, identity, gaze, mouth_mask, refine: bool = True,
-                source_feats=None, source_points=None, driving_points=None, mesh_flow=None) -> dict:
+                source_feats=None, source_points=None, driving_points=None, mesh_flow=None, mouth_unseen=None) -> dict:
         if not refine or source_feats is None:
             raise ValueError("the exported graph is the refined generator with the source's pyramid given")
         n = len(driving_lmk)
@@ -227,10 +237,14 @@ class OnnxGenerator(nn.Module):
             raise ValueError(f"the graphs take batches of at most {self.batch} frames (export --batch-size)")
         feed = dict(zip(FRAME_INPUTS, (source, source_lmk, driving_lmk, identity, gaze, mouth_mask)))
         if self.mesh_flow is not None:
-            if mesh_flow is None:
-                size = (self.flow_res, self.flow_res)
-                mesh_flow = self.mesh_flow(source_points.expand(n, -1, -1), driving_points, size)[0]
+            if mesh_flow is None:  # computed in torch, as the torch generator computes them
+                from src.models.warping import prior_inputs
+
+                computed = prior_inputs(self.mesh_flow, source_points, driving_points, self.flow_res, self.mouth_prior)
+                mesh_flow, mouth_unseen = computed["mesh_flow"], computed.get("mouth_unseen")
             feed["mesh_flow"] = mesh_flow
+            if self.mouth_prior:
+                feed["mouth_unseen"] = mouth_unseen
         feed.update({f"feat{i}": f for i, f in enumerate(source_feats)})
         feed = {k: _padded(v, self.batch) for k, v in feed.items()}
         return {"output": _run(self.frame_session, feed)[0][:n].to(driving_lmk.device)}

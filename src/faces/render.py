@@ -4,6 +4,7 @@
   own fixed colour (lines are sampled every half pixel and splatted bilinearly).
 - `gaze_heatmaps`: a Gaussian around each iris, sized by the iris.
 - `region_masks`: eye and mouth masks (filled, slightly enlarged contours) for the region losses.
+- `mouth_opening`: the area inside the inner lip contour (the mouth's hole in the mesh), soft at its edge.
 
 Everything is computed from stored coordinates at training time, so augmentations, flips and
 retargeted (relative) motion stay exact.
@@ -131,3 +132,13 @@ def region_masks(landmarks: torch.Tensor, size: int, expand: float = 1.4) -> tup
     mouth = fill(_MOUTH_LOOP)[:, None]
     up = lambda m: torch.nn.functional.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)
     return up(eyes), up(mouth)
+
+
+@torch.no_grad()
+def mouth_opening(landmarks: torch.Tensor, size: int, supersample: int = 4) -> torch.Tensor:
+    """(B, 1, size, size) in [0, 1]: the fraction of each pixel inside the inner lip contour, filled at `supersample`
+    times the size and averaged down, so that a mouth a pixel or two tall at a small flow resolution still shows."""
+    big = size * supersample
+    poly = landmarks[..., :2].float() * big
+    inside = _polygon_mask(poly[:, topo.LIPS_INNER], big, big)[:, None]
+    return torch.nn.functional.avg_pool2d(inside, supersample)

@@ -37,6 +37,7 @@ class WarpConfig:
     num_blocks: int = 5
     flow_scale: float = 0.25
     mesh_prior: bool = True
+    mouth_prior: bool = False
 
 
 # The occlusion logit an untrained generator starts from: sigmoid(2) = 0.88 visible for the learned-only flow (the
@@ -46,6 +47,30 @@ OCCLUSION_BIAS = {False: 2.0, True: 5.0}
 # step whatever the gradient, and at the warp rate (2e-5) a full-pixel residual drifted off the prior in 40 steps
 # (demo preset, held-out PSNR 25.91 at initialisation -> 25.78 dB); a tenth of it held (25.91).
 RESIDUAL_SCALE = 0.1
+# With the mouth prior the occlusion logit drops by this much where the driving mouth opens over source pixels that
+# are not mouth interior (lips, teeth-less skin): sigmoid(5 - 10) = 0.007 visible, so the refiner paints the mouth
+# there from the start, instead of getting ~1 % of the gradient through a blend that passes stretched lips through.
+MOUTH_UNSEEN_LOGIT = 10.0
+
+
+def prior_inputs(mesh_flow: MeshFlow, source_points: torch.Tensor, driving_points: torch.Tensor, flow_res: int,
+                 mouth: bool) -> dict[str, torch.Tensor]:
+    """What the mesh prior computes from the landmarks (B, 478, 3), outside any learned part (the exported graphs
+    take it as inputs): `mesh_flow` (B, 2, r, r), and with `mouth` also `mouth_unseen` (B, 1, r, r), the part of
+    the driving mouth opening whose mesh-warped source pixel lies outside the source's own mouth opening: there the
+    warp can only stretch lips over the gap (a closed source mouth driven open)."""
+    from src.faces.render import mouth_opening
+
+    source_points = source_points.expand(len(driving_points), -1, -1)
+    flow = mesh_flow(source_points, driving_points, (flow_res, flow_res))[0]
+    out = {"mesh_flow": flow}
+    if mouth:
+        opening = lambda pts: torch.nan_to_num(mouth_opening(pts, flow_res), nan=0.0)  # noqa: E731
+        seen = warp(opening(source_points), flow)
+        # identical landmarks: exactly 0; a frame with a non-finite landmark (the mesh flow's identity) none
+        finite = (torch.isfinite(source_points).flatten(1).all(1) & torch.isfinite(driving_points).flatten(1).all(1))
+        out["mouth_unseen"] = (opening(driving_points) - seen).clamp(0, 1) * finite[:, None, None, None]
+    return out
 
 
 class LadderEncoder(nn.Module):
@@ -152,37 +177,47 @@ class WarpingGenerator(nn.Module):
 
     def forward(self, source: torch.Tensor, source_lmk: torch.Tensor, driving_lmk: torch.Tensor,
                 source_points: torch.Tensor | None = None, driving_points: torch.Tensor | None = None,
-                mesh_flow: torch.Tensor | None = None) -> dict:
+                mesh_flow: torch.Tensor | None = None, mouth_unseen: torch.Tensor | None = None) -> dict:
         """Images (B, 3, R, R) in [0, 1]; `*_points` the landmarks (B, 478, 3), normalised as FaceMesh gives them,
-        which the mesh prior needs (a source batch of one is broadcast), or `mesh_flow`: self.prior of them
-        computed beforehand (the exported graphs take it as an input: src/runtime.py). Returns the warped
-        source, the flow (B, 2, r, r) in normalised units at flow resolution r = R * flow_scale, the occlusion
-        map (B, 1, R, R), the motion code and, with the prior, the mesh flow alone (`mesh_flow`)."""
+        which the mesh prior needs (a source batch of one is broadcast), or `mesh_flow` (and, with the mouth
+        prior, `mouth_unseen`): self.prior of them computed beforehand (the exported graphs take them as inputs:
+        src/runtime.py). Returns the warped source, the flow (B, 2, r, r) in normalised units at flow resolution
+        r = R * flow_scale, the occlusion map (B, 1, R, R), the motion code and, with the prior, the mesh flow alone
+        (`mesh_flow`) and `mouth_unseen`."""
         x = torch.cat([source, source_lmk, driving_lmk], 1) * 2 - 1
         code = self.encoder(x)
         size = (self.flow_res, self.flow_res)
         small = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         prior = None
         if self.mesh_flow is not None:
-            prior = self.prior(source_points, driving_points) if mesh_flow is None else mesh_flow
-            prior = prior.to(x.dtype)
+            if mesh_flow is None:
+                computed = self.prior(source_points, driving_points)
+                mesh_flow, mouth_unseen = computed["mesh_flow"], computed.get("mouth_unseen")
+            elif self.cfg.mouth_prior and mouth_unseen is None:
+                raise ValueError("this generator has the mouth prior (model.warp.mouth_prior): pass mouth_unseen "
+                                 "with mesh_flow, as self.prior returns them")
+            prior = mesh_flow.to(x.dtype)
             small_src = F.interpolate(source, size=size, mode="bilinear", align_corners=False, antialias=True)
             small = torch.cat([small, prior * (self.flow_res / 8), warp(small_src, prior) * 2 - 1], 1)
         h = self.hourglass(small, code)
         flow = self.flow_head(h) * (2.0 / self.flow_res)  # pixels at flow resolution -> [-1, 1] units
         if prior is not None:
             flow = flow * RESIDUAL_SCALE + prior
-        occlusion = torch.sigmoid(F.interpolate(self.occlusion_head(h), size=source.shape[-2:], mode="bilinear",
-                                                align_corners=False))
+        logit = self.occlusion_head(h)
+        if self.cfg.mouth_prior:
+            logit = logit - MOUTH_UNSEEN_LOGIT * mouth_unseen.to(x.dtype)
+        occlusion = torch.sigmoid(F.interpolate(logit, size=source.shape[-2:], mode="bilinear", align_corners=False))
         out = {"warped": warp(source, flow), "flow": flow, "occlusion": occlusion, "code": code}
         if prior is not None:
             out["mesh_flow"] = prior
+        if self.cfg.mouth_prior:
+            out["mouth_unseen"] = mouth_unseen
         return out
 
-    def prior(self, source_points: torch.Tensor | None, driving_points: torch.Tensor | None) -> torch.Tensor:
-        """The mesh flow (B, 2, r, r) from source to driving landmarks (B, 478, 3) at flow resolution."""
+    def prior(self, source_points: torch.Tensor | None, driving_points: torch.Tensor | None) -> dict:
+        """The prior's inputs from source to driving landmarks (B, 478, 3) at flow resolution (`prior_inputs`):
+        keyword arguments of forward."""
         if source_points is None or driving_points is None:
             raise ValueError("this generator warps on the mesh prior (model.warp.mesh_prior): pass "
                              "source_points and driving_points, the (B, 478, 3) landmarks")
-        size = (self.flow_res, self.flow_res)
-        return self.mesh_flow(source_points.expand(len(driving_points), -1, -1), driving_points, size)[0]
+        return prior_inputs(self.mesh_flow, source_points, driving_points, self.flow_res, self.cfg.mouth_prior)
