@@ -155,9 +155,7 @@ META_CKPT    ?= outputs/meta/$(META_RUN)$(REP_TAG)/checkpoints/last.ckpt
 STAGE1_CKPT  ?= outputs/stage1/evidence_tiny$(REP_TAG)/refine/checkpoints/last.ckpt
 CONTROL_CKPT ?= outputs/stage1/evidence_tiny_control$(REP_TAG)/refine/checkpoints/last.ckpt
 CONTROL_REFINE_EPOCHS ?= 240
-# model.warp.mouth_prior=false: the meta evidence in BENCHMARKS.md (repetition 1) was trained before the mouth prior
-# existed; its repetitions stay comparable until the whole series is re-run on it
-EVIDENCE_ARGS := model=tiny model.refiner.blend_warped=true model.warp.mouth_prior=false $(EVIDENCE_COMMON)
+EVIDENCE_ARGS := model=tiny model.refiner.blend_warped=true $(EVIDENCE_COMMON)
 META_EVIDENCE_ARGS := $(EVIDENCE_ARGS) meta.init=$(STAGE1_CKPT) meta.algorithm=reptile meta.inner_steps=10 meta.inner_batch=4 \
   meta.support_frames=8 meta.query_from_other_clip=false meta.outer_optimizer=sgd meta.outer_lr_decay=linear optim.lr=0.5 \
   trainer.max_steps=240 trainer.max_epochs=100000 trainer.check_val_every_n_epoch=16
