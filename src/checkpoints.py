@@ -90,25 +90,25 @@ def section(state: dict, key: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-# ------------------------------------------------------------------------------------------ the mesh prior
-def mesh_prior_of(cfg: dict) -> bool:
-    """Whether a checkpoint's config warps on the mesh prior; checkpoints written before the prior existed do not."""
-    return bool(((cfg.get("model") or {}).get("warp") or {}).get("mesh_prior", False))
+# ------------------------------------------------------------------------------------------ the warp's priors
+# model.warp choices a checkpoint must be run as it was trained with, and that checkpoints written before they
+# existed were trained without
+PRIORS = ("mesh_prior", "mouth_prior")
 
 
-def mouth_prior_of(cfg: dict) -> bool:
-    """Whether a checkpoint's config has the mouth prior (model.warp.mouth_prior); older checkpoints do not."""
-    return bool(((cfg.get("model") or {}).get("warp") or {}).get("mouth_prior", False))
+def prior_of(cfg: dict, prior: str = "mesh_prior") -> bool:
+    """Whether a checkpoint's config has model.warp.<prior> on; checkpoints written before it existed do not."""
+    return bool(((cfg.get("model") or {}).get("warp") or {}).get(prior, False))
 
 
-def require_mesh_prior(path: Path, trained_cfg: dict, wanted: bool, hint: str = "") -> None:
-    """An error unless the checkpoint at `path` (its config `trained_cfg`) warps as `wanted`: a residual flow trained
-    on the mesh prior means nothing without it, and weights of a learned-only flow run under it as a model nobody
-    trained."""
-    had = mesh_prior_of(trained_cfg)
+def require_prior(path: Path, trained_cfg: dict, wanted: bool, hint: str = "", prior: str = "mesh_prior") -> None:
+    """An error unless the checkpoint at `path` (its config `trained_cfg`) has `prior` as `wanted`: a residual flow
+    trained on the mesh prior means nothing without it, weights of a learned-only flow run under it as a model nobody
+    trained, and the mouth prior (no weights of its own) changes the occlusion a model was trained with."""
+    had = prior_of(trained_cfg, prior)
     if had != wanted:
-        raise UserError(f"{path} was trained {'with' if had else 'without'} the mesh prior "
-                        f"(model.warp.mesh_prior={str(had).lower()}); it cannot be run {'without' if had else 'with'} "
+        raise UserError(f"{path} was trained {'with' if had else 'without'} the {prior.replace('_', ' ')} "
+                        f"(model.warp.{prior}={str(had).lower()}); it cannot be run {'without' if had else 'with'} "
                         f"it{hint}")
 
 
@@ -129,9 +129,10 @@ def load_generator(checkpoint: str | Path, mesh_prior: bool | None = None, what:
         raise UserError(f"{what} {path} is {kind}: give a checkpoint of the refine, stage1, meta or personalize stage")
     cfg, id_dim = hp["cfg"], int(hp["id_dim"])
     if mesh_prior is not None:
-        require_mesh_prior(path, cfg, mesh_prior)
-    cfg["model"].setdefault("warp", {})["mesh_prior"] = mesh_prior_of(cfg)
-    cfg["model"]["warp"]["mouth_prior"] = mouth_prior_of(cfg)
+        require_prior(path, cfg, mesh_prior)
+    warp = cfg["model"].setdefault("warp", {})
+    for prior in PRIORS:  # off where the checkpoint predates them, whatever today's default
+        warp[prior] = prior_of(cfg, prior)
     # keys added to the model section after the checkpoint was written take their defaults
     defaults = OmegaConf.load(CONFIG_DIR / "default.yaml").model
     try:
@@ -223,7 +224,7 @@ def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: st
     state = read_checkpoint(path, what=what)
     if "state_dict" not in state:
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    check_mesh_prior(module, state, path)
+    check_priors(module, state, path)
     source = {dst_prefix + k: v for k, v in prefixed(state, src_prefix).items()}
     target = {k: v for k, v in module.state_dict().items() if k.startswith(dst_prefix)}
     if not source and missing_ok:
@@ -244,20 +245,15 @@ def load_weights(module: torch.nn.Module, checkpoint: str | Path, src_prefix: st
     return len(source)
 
 
-def check_mesh_prior(module: torch.nn.Module, state: dict, path: Path) -> None:
-    """A warm start must warp the way its checkpoint was trained: weights of a learned-only flow loaded under the
-    mesh prior (or the reverse) would run, silently, as a model nobody trained; the same holds for the mouth prior."""
+def check_priors(module: torch.nn.Module, state: dict, path: Path) -> None:
+    """A warm start must run with the warp's priors its checkpoint was trained with, or it would run, silently, as a
+    model nobody trained."""
     cfg = getattr(module, "cfg", None)
     trained = section(state, "hyper_parameters").get("cfg")
     if cfg is None or not isinstance(trained, dict) or "model" not in cfg:
         return
-    had = str(mesh_prior_of(trained)).lower()
-    require_mesh_prior(path, trained, bool(cfg.model.warp.mesh_prior),
-                       f": pass model.warp.mesh_prior={had} to continue from it, or start from a checkpoint trained "
-                       "like this run")
-    # the mouth prior has no weights of its own, but a start whose occlusion it changes is not the model trained
-    had_mouth = mouth_prior_of(trained)
-    if had_mouth != bool(cfg.model.warp.get("mouth_prior", False)):
-        flag = f"model.warp.mouth_prior={str(had_mouth).lower()}"
-        raise UserError(f"{path} was trained {'with' if had_mouth else 'without'} the mouth prior ({flag}): pass "
-                        f"{flag} to continue from it, or start from a checkpoint trained like this run")
+    for prior in PRIORS:
+        had = str(prior_of(trained, prior)).lower()
+        require_prior(path, trained, bool(cfg.model.warp.get(prior, False)),
+                      f": pass model.warp.{prior}={had} to continue from it, or start from a checkpoint trained like "
+                      "this run", prior)
