@@ -150,7 +150,8 @@ stage1-evidence-reps: install ## three repetitions of the stage-1 evidence, trai
 # trained on: CONTROL_REFINE_EPOCHS, see BENCHMARKS.md). `make meta-evidence-reps` trains and benchmarks three
 # repetitions. `make meta-ablation`: Reptile without learned rates.
 META_SUPPORT := 40
-META_RUN     := evidence_tiny_lslr220_s$(META_SUPPORT)
+META_OUTER   ?= generator
+META_RUN     := evidence_tiny_lslr220_s$(META_SUPPORT)$(if $(filter refiner,$(META_OUTER)),_refiner)
 META_CKPT    ?= outputs/meta/$(META_RUN)$(REP_TAG)/checkpoints/last.ckpt
 STAGE1_CKPT  ?= outputs/stage1/evidence_tiny$(REP_TAG)/refine/checkpoints/last.ckpt
 CONTROL_CKPT ?= outputs/stage1/evidence_tiny_control$(REP_TAG)/refine/checkpoints/last.ckpt
@@ -164,7 +165,7 @@ meta-evidence: install ## train the stage-1, meta (learned rates) and control ru
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny$(REP_TAG) stage1.warp_epochs=20 stage1.refine_epochs=100 \
 	  trainer.check_val_every_n_epoch=10
 	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=$(META_RUN)$(REP_TAG) meta.learn_inner_lr=true \
-	  meta.inner_lr_lr=0.02 meta.support_frames=$(META_SUPPORT) trainer.max_steps=220
+	  meta.inner_lr_lr=0.02 meta.support_frames=$(META_SUPPORT) meta.outer_update=$(META_OUTER) trainer.max_steps=220
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny_control$(REP_TAG) stage1.warp_epochs=20 \
 	  stage1.refine_epochs=$(CONTROL_REFINE_EPOCHS) trainer.check_val_every_n_epoch=10
 

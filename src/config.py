@@ -38,6 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "meta.inner_optimizer": ("adam", "sgd"),
     "meta.outer_optimizer": ("adam", "sgd"),
     "meta.outer_lr_decay": ("constant", "linear"),
+    "meta.outer_update": ("generator", "refiner"),
     "meta.source_frame": ("random", "typical"),
     "sr.lq": ("base", "bicubic"),
 }

@@ -95,6 +95,26 @@ def test_reptile_with_outer_sgd_at_lr_1_lands_on_the_mean_adapted_weights(shards
         _meta(shards, "meta.outer_optimizer=rmsprop")
 
 
+@pytest.mark.parametrize("outer", ["sgd", "adam"])
+def test_outer_update_refiner_leaves_the_warper_at_its_start(shards, outer):
+    # the inner loop still adapts the warper (the outer gradient reaches it), but the outer step does not move it
+    module, batch = _meta(shards, "meta.algorithm=reptile", "meta.inner_optimizer=sgd", "meta.inner_lr=0.001",
+                          f"meta.outer_optimizer={outer}", "optim.lr=0.5", "meta.outer_update=refiner")
+    (opt,) = module.configure_optimizers()
+    stepped = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert stepped == {id(p) for p in module.generator.refiner.parameters()}
+    before = {n: p.detach().clone() for n, p in module.generator.named_parameters()}
+    module.generator.zero_grad(set_to_none=True)
+    module.outer_objective(batch)[0].backward()
+    assert float(module.generator.warper.flow_head.weight.grad.abs().sum()) > 0  # the warper was adapted
+    opt.step()
+    after = dict(module.generator.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in before.items() if n.startswith("warper."))
+    assert any(not torch.equal(after[n], v) for n, v in before.items() if n.startswith("refiner."))
+    with pytest.raises(UserError, match="outer_update"):
+        _meta(shards, "meta.outer_update=warper")
+
+
 def test_linear_outer_lr_decay_reaches_zero_at_the_last_step(shards):
     from types import SimpleNamespace
 
@@ -308,7 +328,8 @@ def test_meta_stage_starts_from_the_latest_stage1_run_and_records_lineage(shards
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm,extra", [("reptile", ["meta.learn_inner_lr=true"]), ("fomaml", [])])
+@pytest.mark.parametrize("algorithm,extra", [("reptile", ["meta.learn_inner_lr=true"]), ("fomaml", []),
+                                             ("reptile", ["meta.learn_inner_lr=true", "meta.outer_update=refiner"])])
 def test_ddp_meta_keeps_ranks_identical(shards, tmp_path, algorithm, extra):
     # the hash covers the whole module state: with learned rates, those are the same on both ranks too
     r = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "ddp_stage1.py"), str(shards), str(tmp_path),

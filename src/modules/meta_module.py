@@ -215,7 +215,8 @@ class MetaLearnerModule(L.LightningModule):
         objective, stats = self.outer_objective(batch)
         if not self.guard.ok(torch.tensor(list(stats.values())).sum() + objective.detach().cpu()):
             return
-        opt.zero_grad(set_to_none=True)
+        # every generator tensor, stepped or not (meta.outer_update=refiner): a grad left on the warper would add up
+        self.generator.zero_grad(set_to_none=True)
         if rate_opt is not None:
             rate_opt.zero_grad(set_to_none=True)
         self.manual_backward(objective)
@@ -270,14 +271,18 @@ class MetaLearnerModule(L.LightningModule):
 
     def configure_optimizers(self):
         o, m = self.cfg.optim, self.cfg.meta
+        # outer_update=refiner: the warper stays at meta.init's weights (the inner loop still adapts it). Moving the
+        # warp towards each person's adapted warp cost the unadapted start on new people (BENCHMARKS.md, meta section)
+        warper = list(self.generator.warper.parameters()) if m.outer_update == "generator" else []
         if m.outer_optimizer == "sgd":
             # Reptile's own form: theta <- theta + lr * mean(theta_adapted - theta); lr 1 = the mean adapted weights.
             # One rate for all: the inner loop already moved the warp parameters warp_lr_mult times less.
-            opt = torch.optim.SGD(self.generator.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+            opt = torch.optim.SGD([*self.generator.refiner.parameters(), *warper], lr=o.lr, weight_decay=o.weight_decay)
         else:
-            opt = torch.optim.Adam([{"params": self.generator.refiner.parameters(), "lr": o.lr},
-                                    {"params": self.generator.warper.parameters(), "lr": o.lr * o.warp_lr_mult}],
-                                   betas=tuple(o.betas), weight_decay=o.weight_decay)
+            groups = [{"params": list(self.generator.refiner.parameters()), "lr": o.lr}]
+            if warper:
+                groups.append({"params": warper, "lr": o.lr * o.warp_lr_mult})
+            opt = torch.optim.Adam(groups, betas=tuple(o.betas), weight_decay=o.weight_decay)
         # the log-rates get Adam of their own: steps of about inner_lr_lr whatever the outer algorithm's scale
         opts = [opt] if self.inner_log_lr is None else [opt, torch.optim.Adam([self.inner_log_lr], lr=m.inner_lr_lr)]
         if m.outer_lr_decay == "constant":
