@@ -148,10 +148,12 @@ stage1-evidence-reps: install ## three repetitions of the stage-1 evidence, trai
 # per-tensor inner rates on tasks of META_SUPPORT support frames (40, chosen on the mesh prior on a proxy split; 16
 # before 2026-12-06) for 220 outer steps, about the CPU time of the control's extra 140 refine epochs (stage 1
 # trained on: CONTROL_REFINE_EPOCHS, see BENCHMARKS.md). `make meta-evidence-reps` trains and benchmarks three
-# repetitions. `make meta-ablation`: Reptile without learned rates.
+# repetitions. `make meta-ablation`: Reptile without learned rates. META_OUTER=refiner: the outer step moves the
+# refiner only (meta.outer_update; runs and tables named ..._refiner).
 META_SUPPORT := 40
 META_OUTER   ?= generator
-META_RUN     := evidence_tiny_lslr220_s$(META_SUPPORT)$(if $(filter refiner,$(META_OUTER)),_refiner)
+META_TAG     := $(if $(filter refiner,$(META_OUTER)),_refiner)
+META_RUN     := evidence_tiny_lslr220_s$(META_SUPPORT)$(META_TAG)
 META_CKPT    ?= outputs/meta/$(META_RUN)$(REP_TAG)/checkpoints/last.ckpt
 STAGE1_CKPT  ?= outputs/stage1/evidence_tiny$(REP_TAG)/refine/checkpoints/last.ckpt
 CONTROL_CKPT ?= outputs/stage1/evidence_tiny_control$(REP_TAG)/refine/checkpoints/last.ckpt
@@ -174,7 +176,7 @@ meta-ablation: install ## Reptile without learned rates from the evidence's stag
 
 meta-evidence-reps: install ## three repetitions of the whole adaptation-curve evidence, training included (~2.5 h on 2 CPU cores)
 	for rep in 1 2 3; do $(MAKE) --no-print-directory meta-evidence EVIDENCE_REP=$$rep && \
-	  $(MAKE) --no-print-directory bench-personalize EVIDENCE_REP=$$rep ARGS="--name personalize_curves_s$(META_SUPPORT)_rep$$rep" || exit 1; done
+	  $(MAKE) --no-print-directory bench-personalize EVIDENCE_REP=$$rep ARGS="--name personalize_curves_s$(META_SUPPORT)$(META_TAG)_rep$$rep" || exit 1; done
 
 bench-gpu: install ## the GPU path measured on one GPU (~8 min): training, loader, inference, personalization; rows into BENCHMARKS.md
 	$(PY) -m benchmarks.bench_gpu $(ARGS)
