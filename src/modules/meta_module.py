@@ -273,7 +273,7 @@ class MetaLearnerModule(L.LightningModule):
         o, m = self.cfg.optim, self.cfg.meta
         # outer_update=refiner: the warper stays at meta.init's weights (the inner loop still adapts it). Moving the
         # warp towards each person's adapted warp cost the unadapted start on new people (BENCHMARKS.md, meta section)
-        warper = list(self.generator.warper.parameters()) if m.outer_update == "generator" else []
+        warper = [] if m.outer_update == "refiner" else list(self.generator.warper.parameters())
         if m.outer_optimizer == "sgd":
             # Reptile's own form: theta <- theta + lr * mean(theta_adapted - theta); lr 1 = the mean adapted weights.
             # One rate for all: the inner loop already moved the warp parameters warp_lr_mult times less.
