@@ -2,7 +2,9 @@
 
 albumentations does the photometric and affine part (keypoints follow the affine exactly); the
 horizontal flip is done here because it must also swap left/right landmark indices
-(FLIP_PERMUTATION), which a keypoint flip alone does not do.
+(FLIP_PERMUTATION), which a keypoint flip alone does not do. Every draw comes from the sample's own
+generator, albumentations' included (its transforms otherwise draw from an unseeded generator of their own),
+so a seed gives the same augmented batches in every run.
 """
 from __future__ import annotations
 
@@ -42,7 +44,9 @@ class ClipAugment:
         inputs = {}
         for i, (im, kp) in enumerate(names):
             inputs[im], inputs[kp] = frames[i], landmarks[i, :, :2] * [w, h]
-        out = self.compose(n)(**inputs)
+        compose = self.compose(n)
+        compose.set_random_seed(int(rng.integers(2**32)))
+        out = compose(**inputs)
         frames = np.stack([out[im] for im, _ in names])
         for i, (_, kp) in enumerate(names):
             landmarks[i, :, :2] = np.asarray(out[kp], np.float32)[:, :2] / [w, h]
