@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from data_modules.voxceleb2 import VoxCeleb2DataModule
 from src import train
-from src.checkpoints import load_weights, save_checkpoint
+from src.checkpoints import load_weights, read_checkpoint, save_checkpoint
 from src.config import compose
 from src.errors import UserError
 from src.modules.common import generator_inputs
@@ -63,6 +63,18 @@ def test_stage1_orchestrator_records_and_skips(shards, tmp_path):
     before = (run / "refine" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     assert train.main(args) == 0  # finished stages are not redone
     assert (run / "refine" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
+
+
+def test_a_seed_reproduces_a_training_run(shards, tmp_path):
+    """The same command twice (augmentations on, loader workers included) gives bit-identical weights."""
+    weights = []
+    for name in ("a", "b"):
+        assert train.main(["stage1", *FAST, f"data.root={shards}", f"output_root={tmp_path}", f"run_name={name}",
+                           "stage1.warp_epochs=1", "stage1.refine_epochs=1", "trainer.limit_val_batches=0",
+                           "data.augment=true", "data.num_workers=2", "seed=7"]) == 0
+        weights.append(read_checkpoint(tmp_path / "stage1" / name / "refine" / "checkpoints" / "last.ckpt")["state_dict"])
+    a, b = weights
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_warm_start_copies_warp_weights_and_names_mismatches(shards, tmp_path):
