@@ -11,11 +11,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, save
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+from benchmarks.common import RESULTS, psnr_u8, save
 
 
 def main() -> None:
@@ -42,9 +38,9 @@ def main() -> None:
             s = torch.from_numpy(src).permute(2, 0, 1).float()[None].to(device).expand(len(idx), -1, -1, -1)
             ours = warp(s, flow).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
             for k in range(len(idx)):
-                scores["piecewise_affine"].append(_psnr(baseline[k], drv[k]))
-                scores["mesh_flow"].append(_psnr(ours[k], drv[k]))
-                scores["copy_source"].append(_psnr(src, drv[k]))
+                scores["piecewise_affine"].append(psnr_u8(baseline[k], drv[k]))
+                scores["mesh_flow"].append(psnr_u8(ours[k], drv[k]))
+                scores["copy_source"].append(psnr_u8(src, drv[k]))
         result[f"psnr_{r}px (flow {r // 4}x{r // 4})"] = {k: round(float(np.mean(v)), 2) for k, v in scores.items()}
     # cost: a batch of 8 and of 32 real landmark pairs at 64 x 64 (the flow resolution of a 256 model)
     lm = torch.from_numpy(items[0]["landmarks"].astype(np.float32)).to(device)

@@ -1,10 +1,12 @@
-"""Shared by the benchmarks: the machine description and result files."""
+"""Shared by the benchmarks: the machine description, result files and the uint8 images' PSNR."""
 from __future__ import annotations
 
 import json
 import os
 import platform
 from pathlib import Path
+
+import numpy as np
 
 RESULTS = Path("outputs/bench")
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
@@ -115,3 +117,11 @@ def animate_in_page(browser, url: str, portrait: Path, driving: Path, timeout: f
     video = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#result video")))
     wait.until(lambda b: (video.get_attribute("src") or "").endswith(".mp4"))
     return video
+
+
+def psnr_u8(output: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """PSNR in dB of uint8 images (H, W, 3); `weight` (H, W) in [0, 1] restricts it to a region (a weighted mean
+    of the squared error)."""
+    err = (output.astype(np.float64) - target.astype(np.float64)) ** 2
+    mse = err.mean() if weight is None else (err * weight[..., None]).sum() / (3 * weight.sum())
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-9)))

@@ -20,12 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import save
-
-
-def _psnr(err: np.ndarray, weight: np.ndarray | None = None) -> float:
-    mse = err.mean() if weight is None else (err * weight[..., None]).sum() / (3 * weight.sum())
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-9)))
+from benchmarks.common import psnr_u8, save
 
 
 def main(argv=None) -> None:
@@ -78,9 +73,8 @@ def main(argv=None) -> None:
         chosen = np.nonzero(unseen >= max(a.min_pixels, np.percentile(unseen, 75)))[0]
         scored += len(chosen)
         for m, out in outputs.items():
-            err = (out.astype(np.float64) - driving.astype(np.float64)) ** 2
-            scores[m]["mouth_psnr"] += [_psnr(err[j], mouth[j]) for j in chosen]
-            scores[m]["frame_psnr"] += [_psnr(err[j]) for j in chosen]
+            scores[m]["mouth_psnr"] += [psnr_u8(out[j], driving[j], mouth[j]) for j in chosen]
+            scores[m]["frame_psnr"] += [psnr_u8(out[j], driving[j]) for j in chosen]
         for j in np.argsort(-unseen)[:2]:
             cx, cy = (lm[frames[j], [61, 291], :2].mean(0) * r).astype(int)
             h = r // 4
