@@ -125,6 +125,15 @@ def step_animate(sample: Path, out: Path) -> dict:
             "frames": info.frames, "size": f"{info.width}x{info.height}", "audio": info.has_audio}
 
 
+def step_motion(sample: Path, out: Path) -> dict:
+    """Whether the animation moves with its driving clip: its frame-to-frame change against the driver's, and
+    MediaPipe's mouth opening of both, correlated (src/metrics/motion.py)."""
+    from src.metrics.motion import follows_driver
+
+    animate = json.loads((out / "summary.partial.json").read_text())["animate"]
+    return follows_driver(Path(animate["output"]), Path(animate["driving"]))
+
+
 def step_evaluate(sample: Path, out: Path) -> dict:
     """The meta checkpoint on the held-out test identities, same-identity, next to the two baselines."""
     from src.evaluation import evaluate, write_report
@@ -140,7 +149,8 @@ def step_evaluate(sample: Path, out: Path) -> dict:
 
 # The pipeline, in order.
 STEPS = [("sample", step_sample), ("preprocess", step_preprocess), ("stage1", step_stage1), ("meta", step_meta),
-         ("sr", step_sr), ("personalize", step_personalize), ("animate", step_animate), ("evaluate", step_evaluate)]
+         ("sr", step_sr), ("personalize", step_personalize), ("animate", step_animate), ("motion", step_motion),
+         ("evaluate", step_evaluate)]
 
 
 @cli_entry
