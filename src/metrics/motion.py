@@ -14,45 +14,34 @@ import numpy as np
 SIZE = 256
 
 
-def frames_at(path: Path, size: int = SIZE) -> np.ndarray:
+def follows_driver(output: Path, driving: Path, size: int = SIZE) -> dict:
+    """Both measures of `output` against `driving` (video files), streamed: one frame of each in memory at a time."""
     import cv2
 
-    from src.video_io import iter_frames
-
-    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in iter_frames(path)])
-
-
-def frame_change(frames: np.ndarray) -> float:
-    """Mean absolute difference of consecutive frames, in units of 255."""
-    return float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean())
-
-
-def mouth_series(frames: np.ndarray) -> np.ndarray:
-    """Mouth opening per frame (NaN where MediaPipe finds no face)."""
     from src.faces.landmarks import FaceMesh
     from src.faces.motion import mouth_opening
+    from src.video_io import iter_frames
 
-    out = np.full(len(frames), np.nan)
-    with FaceMesh(static=False) as mesh:
-        for i, f in enumerate(frames):
-            faces = mesh(f)
-            if faces:
-                out[i] = mouth_opening(faces[0])
-    return out
+    def mouth(mesh: FaceMesh, frame: np.ndarray) -> float:
+        faces = mesh(frame)
+        return float(mouth_opening(faces[0])) if faces else np.nan
 
-
-def follows_driver(output: Path, driving: Path) -> dict:
-    """Both measures of `output` against `driving` (video files)."""
-    out, drv = frames_at(output), frames_at(driving)
-    n = min(len(out), len(drv))
-    out, drv = out[:n], drv[:n]
-    m_out, m_drv = mouth_series(out), mouth_series(drv)
+    change, mouths, previous = np.zeros(2), [], None
+    with FaceMesh(static=False) as mesh_out, FaceMesh(static=False) as mesh_drv:  # each tracks its own video
+        for pair in zip(iter_frames(output), iter_frames(driving)):
+            frames = [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in pair]
+            if previous is not None:
+                change += [np.abs(f.astype(np.float32) - p.astype(np.float32)).mean() for f, p in zip(frames, previous)]
+            mouths.append((mouth(mesh_out, frames[0]), mouth(mesh_drv, frames[1])))
+            previous = frames
+    n = len(mouths)
+    m_out, m_drv = np.array(mouths).reshape(-1, 2).T
     both = ~np.isnan(m_out) & ~np.isnan(m_drv)
-    moving = both.sum() > 2 and m_out[both].std() > 0 and m_drv[both].std() > 0
+    moving = both.sum() > 2 and m_out[both].std() > 0 and m_drv[both].std() > 0  # a still mouth has no correlation
     corr = float(np.corrcoef(m_out[both], m_drv[both])[0, 1]) if moving else None
-    change_out, change_drv = frame_change(out), frame_change(drv)
+    change_out, change_drv = change / max(n - 1, 1)
     return {"frames": n,
-            "frame_change": {"output": round(change_out, 3), "driving": round(change_drv, 3),
-                             "ratio": round(change_out / max(change_drv, 1e-9), 3)},
+            "frame_change": {"output": round(float(change_out), 3), "driving": round(float(change_drv), 3),
+                             "ratio": round(float(change_out / max(change_drv, 1e-9)), 3)},
             "mouth_opening_correlation": None if corr is None else round(corr, 3),
             "frames_with_a_face_in_both": int(both.sum())}
