@@ -69,11 +69,10 @@ def test_a_seed_reproduces_a_training_run(shards, tmp_path):
     """The same command twice (augmentations on, loader workers included) gives bit-identical weights."""
     weights = []
     for name in ("a", "b"):
-        assert train.main(["stage1", *FAST, f"data.root={shards}", f"output_root={tmp_path}", f"run_name={name}",
-                           "stage1.warp_epochs=1", "stage1.refine_epochs=1", "trainer.limit_val_batches=0",
-                           "data.augment=true", "data.num_workers=2", "seed=7"]) == 0
-        ckpt = tmp_path / "stage1" / name / "refine" / "checkpoints" / "last.ckpt"
-        weights.append(read_checkpoint(ckpt)["state_dict"])
+        assert train.main(["warp", *FAST, f"data.root={shards}", f"output_root={tmp_path}", f"run_name={name}",
+                           "trainer.max_epochs=1", "trainer.limit_val_batches=0", "data.augment=true",
+                           "data.num_workers=2", "seed=7"]) == 0
+        weights.append(read_checkpoint(tmp_path / "warp" / name / "checkpoints" / "last.ckpt")["state_dict"])
     a, b = weights
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
