@@ -7,13 +7,17 @@ the official MetaPortrait base generator's figure beside them.
 The `full` preset's generator, random weights (seed 0), batch 1, fp32, the source's pyramid computed once (as
 src.inference does). Timed per frame after two warm-up frames: the networks alone (what each option changes)
 and the landmark guidance in torch (landmark images, gaze, mouth mask, mesh flow: the same for every runtime)
-on a real fixture frame's MediaPipe landmarks. Every option's output is compared with the plain run's.
+on a real fixture frame's MediaPipe landmarks. Every option's output is compared with the plain run's. The options:
+inference_mode, channels_last, bf16 autocast with channels_last weights (src.inference's --precision bf16), and
+onnxruntime on the exported graphs.
 
 --official times the official MetaPortrait base generator in the same process, right before ours (random weights,
 its eval config, the same inputs' sizes, warp + refine per frame as its inference does): point it at the
 base_model folder of a checkout of github.com/Meta-Portrait/MetaPortrait (not part of this repository; it needs
-PyYAML). Without it, the figure from issue 23 (2083 ms, measured on this machine on an earlier day) stands in:
-this VM's speed varies by more than 2x between days, so only a side-by-side ratio means anything.
+PyYAML). It is timed in fp32 (its own inference's arithmetic) and, for a like-for-like ratio of our bf16 row,
+under the same bf16 autocast. Without it, the figure from issue 23 (2083 ms, measured on this machine on an
+earlier day) stands in: this VM's speed varies by more than 2x between days, so only a side-by-side ratio means
+anything.
 """
 from __future__ import annotations
 
@@ -40,8 +44,9 @@ def _timed(fn, frames: int) -> tuple[float, torch.Tensor]:
     return (time.perf_counter() - t0) / frames * 1000, out
 
 
-def official_ms(folder: Path, frames: int) -> float:
-    """ms per frame of the official base generator in `folder` (random weights, its 256 eval config)."""
+def official_ms(folder: Path, frames: int, bf16: bool = False) -> float:
+    """ms per frame of the official base generator in `folder` (random weights, its 256 eval config); `bf16`: under
+    bf16 autocast with channels_last weights and inputs, as our bf16 runs."""
     import yaml
 
     sys.path.insert(0, str(folder))
@@ -52,11 +57,15 @@ def official_ms(folder: Path, frames: int) -> float:
     src, ldmk, mouth = torch.rand(1, 3, 256, 256), torch.rand(1, 6, 256, 256), torch.rand(1, 3, 256, 256)
     kp, sid = {"value": torch.rand(1, 669, 2) * 2 - 1}, torch.randn(1, 256)
 
+    if bf16:
+        g = g.to(memory_format=torch.channels_last)
+        src, ldmk, mouth = (x.contiguous(memory_format=torch.channels_last) for x in (src, ldmk, mouth))
+
     def frame():
         warped = g(src, ldmk_line=ldmk, stage="Warp")
         return g(src, kp_driving=kp, src_id=sid, ldmk_line=ldmk, mouth_line=mouth, warp_out=warped, stage="Refine")
 
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return _timed(frame, frames)[0]
 
 
@@ -74,6 +83,7 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore", message=".*align_corners.*")  # the official code's grid_sample calls
     official = (round(official_ms(a.official, a.frames), 1), "measured side by side") if a.official else \
         (OFFICIAL_MS, "issue 23's figure, measured on an earlier day")
+    official_bf16 = round(official_ms(a.official, a.frames, bf16=True), 1) if a.official else None
 
     from src.config import compose
     from src.faces.render import LandmarkRenderer, gaze_heatmaps, region_masks
@@ -119,6 +129,14 @@ def main(argv=None) -> None:
         ms, out = _timed(lambda: generator_cl(**cl, source_feats=feats_cl)["output"], a.frames)
     generator = generator.to(memory_format=torch.contiguous_format)
     result["torch_channels_last_ms"] = {"ms": round(ms, 1), "max_abs_diff": float((out - plain).abs().max())}
+    # bf16 as src.inference runs it (--precision bf16): autocast, the generator's weights in channels_last
+    generator_cl = generator.to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feats_bf16 = generator_cl.source_features(source)
+        ms, out = _timed(lambda: generator_cl(**inputs, source_feats=feats_bf16)["output"].float(), a.frames)
+    generator = generator.to(memory_format=torch.contiguous_format)
+    result["torch_bf16_autocast_ms"] = {"ms": round(ms, 1), "max_abs_diff": float((out - plain).abs().max()),
+                                        "mean_abs_diff": float((out - plain).abs().mean())}
     with tempfile.TemporaryDirectory() as folder:
         ckpt = Path(folder) / "weights.bin"
         ckpt.write_bytes(b"benchmark: random weights")  # the manifest's fingerprint needs a file
@@ -136,6 +154,11 @@ def main(argv=None) -> None:
     result["best"] = {"option": best[0].removesuffix("_ms"), "network_ms": round(best[1], 1),
                       "with_guidance_ms": round(total, 1), "ratio_to_official": round(total / official[0], 3),
                       "goal_holds": bool(total <= official[0] * GOAL_RATIO)}
+    if official_bf16 is not None:  # like for like: the official generator under the same bf16 autocast
+        bf16_total = result["torch_bf16_autocast_ms"]["ms"] + guidance_ms
+        result["official_bf16_autocast_ms"] = official_bf16
+        result["bf16_against_official_bf16"] = {"ours_ms": round(bf16_total, 1),
+                                                "ratio": round(bf16_total / official_bf16, 3)}
     save(f"inference_{a.preset}_{r}", result)
 
 

@@ -47,6 +47,17 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)") from None
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the torch runtime's `--precision` on `device` (None: plain fp32). `auto` takes bf16
+    only where it was measured faster: a CPU with AMX tiles (Intel Sapphire Rapids and later: 2.2x on the full
+    preset, BENCHMARKS.md "Inference speed"). CPUs without native bf16 emulate it, and on a GPU it has not been
+    measured yet (make bench-gpu times both), so they stay on fp32 unless bf16 is asked for."""
+    if precision == "auto":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)  # private in torch 2.x: absent = no
+        precision = "bf16" if device.type == "cpu" and amx() else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 @dataclass
 class Source:
     crop: np.ndarray       # (R, R, 3) uint8
@@ -304,21 +315,29 @@ def identity_embedder(backend: str, id_dim: int):
 
 @torch.no_grad()
 def iter_generate(generator, source: Source, landmarks: np.ndarray, device, batch_size: int = 8, renderer=None,
-                  source_frames: Iterable[tuple[np.ndarray, np.ndarray]] | None = None) -> Iterator[np.ndarray]:
+                  source_frames: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
+                  precision: str = "fp32") -> Iterator[np.ndarray]:
     """Frames (R, R, 3) uint8 of the source driven by `landmarks` (T, 478, 3), batch by batch. The still
     source is encoded once; `source_frames`, (crop, landmarks) per frame, makes each frame start from its own
-    source frame instead (video-to-video; the identity stays `source`'s)."""
+    source frame instead (video-to-video; the identity stays `source`'s). `precision`: fp32, bf16 (autocast, the
+    networks in channels_last, which is where bf16 convolutions gain) or auto (`autocast_dtype`)."""
     from src.faces.render import LandmarkRenderer, gaze_heatmaps, region_masks
 
     r = source.crop.shape[0]
     generator = generator.to(device).eval()
+    dtype = autocast_dtype(precision, device)
+    if dtype is not None:
+        generator = generator.to(memory_format=torch.channels_last)
+    mixed = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
     renderer = (renderer or LandmarkRenderer()).to(device)
     identity = torch.from_numpy(np.asarray(source.embedding, np.float32))[None].to(device)
 
     def encoded(crops, points):
         src = to_tensor(np.stack(crops), device)
         pts = torch.from_numpy(np.asarray(points, np.float32)).to(device)
-        return src, pts, renderer(pts, r), generator.source_features(src)
+        with mixed():
+            feats = generator.source_features(src)
+        return src, pts, renderer(pts, r), feats
 
     if source_frames is None:
         still = encoded([source.crop], [source.landmarks])  # once per video
@@ -333,18 +352,19 @@ def iter_generate(generator, source: Source, landmarks: np.ndarray, device, batc
         else:
             crops, points = zip(*itertools.islice(per_frame, n))
             src, src_points, src_lmk, feats = encoded(crops, points)
-        frames = generator(source=src, source_lmk=src_lmk, driving_lmk=renderer(lm, r), identity=identity.expand(n, -1),
-                           gaze=gaze_heatmaps(lm, r), mouth_mask=region_masks(lm, r)[1], source_feats=feats,
-                           source_points=src_points, driving_points=lm)["output"]
+        guidance = dict(driving_lmk=renderer(lm, r), gaze=gaze_heatmaps(lm, r), mouth_mask=region_masks(lm, r)[1])
+        with mixed():
+            frames = generator(source=src, source_lmk=src_lmk, identity=identity.expand(n, -1), source_feats=feats,
+                               source_points=src_points, driving_points=lm, **guidance)["output"]
         yield from to_uint8(frames)
 
 
 def generate(generator, source: Source, landmarks: np.ndarray, device, batch_size: int = 8,
-             progress: bool = True, renderer=None) -> list[np.ndarray]:
+             progress: bool = True, renderer=None, precision: str = "fp32") -> list[np.ndarray]:
     """All frames of iter_generate, as a list (for clips that fit in memory: evaluation, SR's LQ renders)."""
     from tqdm import tqdm
 
-    frames = iter_generate(generator, source, landmarks, device, batch_size, renderer)
+    frames = iter_generate(generator, source, landmarks, device, batch_size, renderer, precision=precision)
     return list(tqdm(frames, total=len(landmarks), desc="animate", unit="frame", disable=not progress,
                      dynamic_ncols=True))
 
@@ -430,7 +450,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
             smooth: int | None = None, motion_parts: str = "both", expression_scale: float = 1.0,
             eyes: str = "driving", lips: str = "driving", lip_scale: float = 1.0, face: str = "largest",
             video_to_video: bool = False, colour_match: bool = True, runtime: str = "torch",
-            onnx: Path | None = None) -> dict:
+            onnx: Path | None = None, precision: str = "auto") -> dict:
     """Drive the portrait `source` (an image, or a video's first frame) with the video `driving` and write the
     mp4 `output` (with the driving clip's audio); a summary of what was done. `motion`: relative (the driver's
     motion on the source's own face) or absolute (the driver's landmarks); `paste`: blend the face back into
@@ -443,7 +463,8 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
     source is a video; each output frame starts from its own source frame and keeps its head motion, the
     driver's expression carried onto it (motion.onto_video); the output stops at the shorter video.
     `runtime`: torch, or onnx: onnxruntime on the graphs in the folder `onnx` (src.export), or on graphs
-    exported for this run into a temporary folder (src/runtime.py)."""
+    exported for this run into a temporary folder (src/runtime.py). `precision` of the torch runtime: auto, fp32
+    or bf16 (`autocast_dtype`; the ONNX graphs are fp32)."""
     from tqdm import tqdm
 
     from src.checkpoints import load_generator, load_sr
@@ -456,7 +477,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
 
     output, source, driving = Path(output), Path(source), Path(driving)
     check_controls(motion, motion_parts, expression_scale, eyes, lips, lip_scale, face, video_to_video, paste,
-                   colour_match, smooth, runtime=runtime, onnx=onnx)
+                   colour_match, smooth, runtime=runtime, onnx=onnx, precision=precision)
     # every input and the output checked before any work (src/paths.py)
     inputs = {"--checkpoint": require_file(checkpoint, "--checkpoint"),
               "--source": require_file(source, "--source", kind="video" if video_to_video else "picture"),
@@ -467,6 +488,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
     t0 = time.time()
     return_freed_buffers()  # memory flat over a long video (src/memory.py)
     dev = resolve_device(device)
+    precision = "fp32" if runtime == "onnx" or autocast_dtype(precision, dev) is None else "bf16"
     generator, cfg, id_dim = load_generator(checkpoint)
     resolution = cfg["model"]["resolution"]
     sr = sr_window = None
@@ -512,12 +534,13 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
             for_crops = video.pictures()
         crops = ((crop_frame(p, video.first.box, resolution), lm) for p, lm in zip(for_crops, video.landmarks))
         generated.append((video.first, video.landmarks, landmarks,
-                          iter_generate(generator, video.first, landmarks, dev, batch_size, source_frames=crops)))
+                          iter_generate(generator, video.first, landmarks, dev, batch_size, source_frames=crops,
+                                        precision=precision)))
     else:
         for s in sources:
             landmarks = transfer_motion(s.landmarks, driven, motion, motion_parts, **controls)
             generated.append((s, np.broadcast_to(s.landmarks, landmarks.shape), landmarks,
-                              iter_generate(generator, s, landmarks, dev, batch_size)))
+                              iter_generate(generator, s, landmarks, dev, batch_size, precision=precision)))
     streams = [(s.box, source_lms, landmarks,
                 frames if sr is None else iter_super_resolve(sr, frames, sr_window, dev))
                for s, source_lms, landmarks, frames in generated]
@@ -557,6 +580,7 @@ def animate(checkpoint: Path, source: Path, driving: Path, output: Path, sr_chec
         "source_frames_face_lost": video.lost if video is not None else None,
         "driving_frames": drv.frames, "driving_frames_face_lost": drv.lost, "driving_truncated": drv.truncated,
         "audio": audio is not None, "super_resolution": sr is not None, "paste_back": paste, "runtime": runtime,
+        "precision": precision,
         "colour_match": paste and colour_match,
         **landmark_stats,
         "seconds": round(time.time() - t0, 1),

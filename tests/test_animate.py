@@ -71,6 +71,53 @@ def test_source_features_are_computed_once_and_match_per_frame_generation(tiny_g
     assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(batched, one_by_one)) <= 1
 
 
+def test_bf16_precision_matches_fp32_on_real_frames(demo_generator_ckpt, portrait, driving_clip):
+    """--precision bf16 (autocast, channels_last weights) gives fp32's frames to within a few grey levels, with the
+    synthesised part of every pixel in play; the mesh prior's flow is computed in fp32 under autocast."""
+    import torch
+
+    from src.checkpoints import load_generator
+    from src.faces.identity import make_embedder
+
+    source = inference.prepare_source(portrait, 128, make_embedder("dlib"))
+    lms = inference.prepare_driving(driving_clip, 128).landmarks[:6]
+    untrained = np.stack(inference.generate(load_generator(demo_generator_ckpt)[0], source, lms, torch.device("cpu"),
+                                            3, progress=False, precision="fp32"))
+    gen, _, _ = load_generator(demo_generator_ckpt)
+    torch.manual_seed(0)
+    with torch.no_grad():  # an untrained generator passes the warped source through; make it synthesise half
+        for p in (gen.warper.occlusion_head.weight, gen.warper.flow_head.weight):
+            p.normal_(0, 0.01)
+        gen.warper.occlusion_head.bias.zero_()
+        for m in gen.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, 0.02)
+    fp32 = np.stack(inference.generate(gen, source, lms, torch.device("cpu"), 3, progress=False, precision="fp32"))
+    bf16 = np.stack(inference.generate(gen, source, lms, torch.device("cpu"), 3, progress=False, precision="bf16"))
+    assert gen.refiner.blocks[-1].conv0.weight.is_contiguous(memory_format=torch.channels_last)
+    diff = np.abs(fp32.astype(int) - bf16.astype(int))
+    assert 0 < diff.mean() < 1.0 and diff.max() <= 12, (diff.mean(), diff.max())  # it ran in bf16, and close
+    assert np.abs(fp32.astype(int) - untrained.astype(int)).mean() > 10 * diff.mean()  # synthesis is in play
+    pts = torch.from_numpy(lms[:2])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = gen.warper.prior(pts[:1], pts[1:])["mesh_flow"]
+    plain = gen.warper.prior(pts[:1], pts[1:])["mesh_flow"]
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+
+
+def test_precision_auto_takes_bf16_only_on_a_cpu_with_amx(monkeypatch):
+    import torch
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert inference.autocast_dtype("fp32", cpu) is None and inference.autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert inference.autocast_dtype("auto", cuda) is None and inference.autocast_dtype("bf16", cuda) == torch.bfloat16
+    for amx, expect in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert inference.autocast_dtype("auto", cpu) == expect
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe: fp32
+    assert inference.autocast_dtype("auto", cpu) is None
+
+
 def test_relative_motion_keeps_the_source_face_shape_absolute_adopts_the_driver(tiny_generator_ckpt, portrait,
                                                                                   driving_clip, tmp_path, capsys):
     # a source with a narrower face than the driver's: the real portrait squeezed to 0.6 of its width
@@ -323,7 +370,9 @@ def test_controls_that_make_no_sense_are_refused_when_parsed(capsys):
     for extra, expect in ((["--motion-parts", "pose", "--expression-scale", "2"], "takes no expression"),
                           (["--motion-parts", "pose", "--eyes", "source"], "takes no expression"),
                           (["--lips", "source", "--lip-scale", "2"], "with --lips source there is none"),
-                          (["--smooth", "5", "--no-smooth"], "not allowed with")):
+                          (["--smooth", "5", "--no-smooth"], "not allowed with"),
+                          (["--runtime", "onnx", "--precision", "bf16"], "the ONNX graphs run in fp32"),
+                          (["--precision", "fp16"], "invalid choice")):
         with pytest.raises(SystemExit) as exc:
             animate.parse_args([*base, *extra])
         assert exc.value.code == 2 and expect in capsys.readouterr().err

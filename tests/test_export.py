@@ -65,7 +65,8 @@ def test_animate_with_onnx_runtime_writes_the_same_video_as_torch(graphs, tiny_g
     code, onnx, err = _animate(capsys, *common, "--output", tmp_path / "onnx.mp4", "--runtime", "onnx",
                                "--onnx", folder)
     assert code == 0, err
-    code, torch_run, err = _animate(capsys, *common, "--output", tmp_path / "torch.mp4", "--batch-size", "4")
+    code, torch_run, err = _animate(capsys, *common, "--output", tmp_path / "torch.mp4", "--batch-size", "4",
+                                    "--precision", "fp32")
     assert code == 0, err
     assert onnx["runtime"] == "onnx" and torch_run["runtime"] == "torch"
     a, b = probe(tmp_path / "onnx.mp4"), probe(tmp_path / "torch.mp4")

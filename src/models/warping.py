@@ -220,4 +220,6 @@ class WarpingGenerator(nn.Module):
         if source_points is None or driving_points is None:
             raise ValueError("this generator warps on the mesh prior (model.warp.mesh_prior): pass "
                              "source_points and driving_points, the (B, 478, 3) landmarks")
-        return prior_inputs(self.mesh_flow, source_points, driving_points, self.flow_res, self.cfg.mouth_prior)
+        with torch.autocast(driving_points.device.type, enabled=False):  # geometry in fp32 under mixed precision
+            return prior_inputs(self.mesh_flow, source_points.float(), driving_points.float(), self.flow_res,
+                                self.cfg.mouth_prior)
