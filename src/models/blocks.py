@@ -6,6 +6,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def normalised(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm(x) in x's memory format. Instance norm returns a contiguous tensor whatever its input; mixing it with
+    channels_last operands (the bf16 inference path, src.inference) sends every element-wise op after it down a
+    slow strided path, which cost 15 % of the full generator's bf16 time."""
+    h = norm(x)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        h = h.contiguous(memory_format=torch.channels_last)
+    return h
+
+
 class AdaIN(nn.Module):
     """Instance norm whose scale and shift come from a conditioning vector."""
 
@@ -18,7 +28,7 @@ class AdaIN(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.affine(cond)[:, :, None, None].chunk(2, dim=1)
-        return self.norm(x) * (1 + gamma) + beta
+        return normalised(self.norm, x) * (1 + gamma) + beta
 
 
 class SPADEParams(nn.Module):
@@ -51,7 +61,7 @@ class FusedNorm(nn.Module):
         self.mask = nn.Conv2d(channels, 1, 1)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-        h = self.norm(x)
+        h = normalised(self.norm, x)
         gamma, beta = self.spade(cond, x.shape[-2:])
         g_id, b_id = self.id_affine(identity)[:, :, None, None].chunk(2, dim=1)
         m = torch.sigmoid(self.mask(h))
