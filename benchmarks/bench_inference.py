@@ -110,7 +110,8 @@ def main(argv=None) -> None:
         guidance_ms, inputs = _timed(guidance, a.frames)
     inputs.update(source=source, identity=torch.randn(1, 512))
     result = {"command": "python -m benchmarks.bench_inference " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "model": f"{a.preset} preset generator, random weights, {r} px, batch 1, fp32, {a.threads} threads",
+              "model": f"{a.preset} preset generator, random weights, {r} px, batch 1, {a.threads} threads, fp32 "
+                       "(bf16: the torch_bf16_autocast row and official_bf16_autocast_ms)",
               "official_metaportrait_ms_per_frame": f"{official[0]} ({official[1]})",
               "goal_ms_per_frame": f"<= {official[0] * GOAL_RATIO:.0f} (a quarter of the official)",
               "landmark_guidance_ms_per_frame": round(guidance_ms, 1)}

@@ -35,12 +35,12 @@ driver), the driver's widest-open frame held, or shut. --lips driving|source: wh
 scales the driver's mouth motion (lips and jaw) for lip-sync strength.
 
 --runtime onnx: the networks run in onnxruntime on ONNX graphs (--onnx DIR: written by python -m src.export for
-this checkpoint; without it they are exported for the run, about 8 s for the full preset), 0.63-0.69 of torch's
-time a frame on 2 CPU cores (BENCHMARKS.md); the output matches torch's to about 1e-5.
+this checkpoint; without it they are exported for the run, about 8 s for the full preset), 0.63-0.86 of torch's
+fp32 time a frame on 2 CPU cores (BENCHMARKS.md); the output matches torch's to about 1e-5. The graphs are fp32.
 
 --precision auto|fp32|bf16: the torch runtime's arithmetic for the generator. bf16 runs it under autocast with
-channels_last weights: on a CPU with AMX (Intel Sapphire Rapids and later) 2.2x faster than fp32 for the full
-preset and 2.1x for demo, the frames within 3 of 255 of fp32's (mean 0.07, 59.5 dB; BENCHMARKS.md). auto (the
+channels_last weights: on a CPU with AMX (Intel Sapphire Rapids and later) about 2.6x faster than fp32 for the
+full preset and 2.3-2.6x for demo, the frames within 3 of 255 of fp32's (mean 0.07, 59.5 dB; BENCHMARKS.md). auto (the
 default) takes bf16 there and fp32 elsewhere: CPUs without bf16 units emulate it, and it has not been measured on
 a GPU yet. The SR net stays in fp32.
 

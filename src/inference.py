@@ -49,7 +49,7 @@ def resolve_device(name: str) -> torch.device:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the torch runtime's `--precision` on `device` (None: plain fp32). `auto` takes bf16
-    only where it was measured faster: a CPU with AMX tiles (Intel Sapphire Rapids and later: 2.2x on the full
+    only where it was measured faster: a CPU with AMX tiles (Intel Sapphire Rapids and later: 2.6x on the full
     preset, BENCHMARKS.md "Inference speed"). CPUs without native bf16 emulate it, and on a GPU it has not been
     measured yet (make bench-gpu times both), so they stay on fp32 unless bf16 is asked for."""
     if precision == "auto":
