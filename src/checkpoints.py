@@ -8,8 +8,8 @@ with learned rates adds `inner_lr_scale` (generator tensor name -> rate multipli
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
+from pickle import UnpicklingError  # what torch.load(weights_only=True) raises for an object it refuses to build
 
 import torch
 from omegaconf import OmegaConf
@@ -39,7 +39,7 @@ def read_checkpoint(path: str | Path, mmap: bool = False, what: str = "checkpoin
         zipped = f.read(2) == b"PK"  # torch.save's format
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
+    except UnpicklingError:
         why = ("holds objects that safe loading (weights_only) refuses, such as pickled code; nothing was run"
                if zipped else "is not a torch checkpoint, or holds objects that safe loading refuses")
         raise UserError(f"{what} {path} {why}") from None

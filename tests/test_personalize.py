@@ -139,7 +139,7 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tiny_generator_ckpt, cli
 @pytest.mark.slow
 def test_killed_personalization_resumes(tiny_generator_ckpt, clip, tmp_path):
     out = tmp_path / "k.ckpt"
-    cmd = [sys.executable, "-m", "src.personalize", *_args(tiny_generator_ckpt, clip, out, "--steps", "40",
+    cmd = [sys.executable, "-m", "src.personalize", *_args(tiny_generator_ckpt, clip, out, "--steps", "16",
                                                            "--eval-every", "4")]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "k.work" / "checkpoints" / "last.ckpt"
@@ -151,11 +151,11 @@ def test_killed_personalization_resumes(tiny_generator_ckpt, clip, tmp_path):
     proc.wait()
     assert last.exists() and not out.exists()
     saved_step = torch.load(last, weights_only=True)["global_step"]
-    assert 0 < saved_step < 40
+    assert 0 < saved_step < 16
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "k.report.json").read_text())
-    assert report["steps"] == 40
+    assert report["steps"] == 16
     # the resumed run continued from saved_step: its CSV log has no training rows before it
     logs = sorted((tmp_path / "k.work" / "logs").rglob("metrics.csv"))
     steps = [int(row.split(",")[1]) for row in logs[-1].read_text().splitlines()[1:]]
