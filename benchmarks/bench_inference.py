@@ -87,7 +87,7 @@ def main(argv=None) -> None:
 
     from src.config import compose
     from src.faces.render import LandmarkRenderer, gaze_heatmaps, region_masks
-    from src.inference import prepare_driving
+    from src.inference import for_precision, prepare_driving
     from src.models.generator import build_generator
     from src.runtime import OnnxGenerator, export_graphs
 
@@ -131,10 +131,10 @@ def main(argv=None) -> None:
     generator = generator.to(memory_format=torch.contiguous_format)
     result["torch_channels_last_ms"] = {"ms": round(ms, 1), "max_abs_diff": float((out - plain).abs().max())}
     # bf16 as src.inference runs it (--precision bf16): autocast, the generator's weights in channels_last
-    generator_cl = generator.to(memory_format=torch.channels_last)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        feats_bf16 = generator_cl.source_features(source)
-        ms, out = _timed(lambda: generator_cl(**inputs, source_feats=feats_bf16)["output"].float(), a.frames)
+    generator_bf16, mixed = for_precision(generator, "bf16", torch.device("cpu"))
+    with torch.no_grad(), mixed():
+        feats_bf16 = generator_bf16.source_features(source)
+        ms, out = _timed(lambda: generator_bf16(**inputs, source_feats=feats_bf16)["output"].float(), a.frames)
     generator = generator.to(memory_format=torch.contiguous_format)
     result["torch_bf16_autocast_ms"] = {"ms": round(ms, 1), "max_abs_diff": float((out - plain).abs().max()),
                                         "mean_abs_diff": float((out - plain).abs().mean())}

@@ -58,6 +58,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
+def for_precision(generator, precision: str, device: torch.device):
+    """(the generator made ready for `precision` on `device`, a factory of the autocast context its forward passes
+    run in). bf16 also puts the weights in channels_last, the layout where oneDNN's bf16 convolutions gain."""
+    dtype = autocast_dtype(precision, device)
+    if dtype is not None:
+        generator = generator.to(memory_format=torch.channels_last)
+    return generator, lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 @dataclass
 class Source:
     crop: np.ndarray       # (R, R, 3) uint8
@@ -319,16 +328,12 @@ def iter_generate(generator, source: Source, landmarks: np.ndarray, device, batc
                   precision: str = "fp32") -> Iterator[np.ndarray]:
     """Frames (R, R, 3) uint8 of the source driven by `landmarks` (T, 478, 3), batch by batch. The still
     source is encoded once; `source_frames`, (crop, landmarks) per frame, makes each frame start from its own
-    source frame instead (video-to-video; the identity stays `source`'s). `precision`: fp32, bf16 (autocast, the
-    networks in channels_last, which is where bf16 convolutions gain) or auto (`autocast_dtype`)."""
+    source frame instead (video-to-video; the identity stays `source`'s). `precision`: fp32, bf16 or auto
+    (`for_precision`, `autocast_dtype`)."""
     from src.faces.render import LandmarkRenderer, gaze_heatmaps, region_masks
 
     r = source.crop.shape[0]
-    generator = generator.to(device).eval()
-    dtype = autocast_dtype(precision, device)
-    if dtype is not None:
-        generator = generator.to(memory_format=torch.channels_last)
-    mixed = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
+    generator, mixed = for_precision(generator.to(device).eval(), precision, device)
     renderer = (renderer or LandmarkRenderer()).to(device)
     identity = torch.from_numpy(np.asarray(source.embedding, np.float32))[None].to(device)
 

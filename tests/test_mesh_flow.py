@@ -7,6 +7,7 @@ import pytest
 import torch
 from litdata import StreamingDataset
 
+from benchmarks.common import psnr_u8
 from data_modules.shards import decode_frames
 from src.checkpoints import save_checkpoint
 from src.config import compose
@@ -16,10 +17,6 @@ from src.faces.mesh_flow import MeshFlow
 from src.metrics.face import akd
 from src.models.generator import build_generator
 from src.models.warping import warp
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -80,8 +77,8 @@ def test_mesh_flow_alone_matches_the_piecewise_affine_baseline_on_real_frames(re
             # the face 4 px in from its outline: the baseline's seam (its displacement falls to 0 just outside
             # the face and is upsampled across the outline) is where the two differ most
             m = cv2.erode(face[k, 0].numpy().astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
-            face_gap.append(_psnr(ours[k][m], drv[k][m]) - _psnr(baseline[k][m], drv[k][m]))
-            frame_gap.append(_psnr(ours[k], drv[k]) - _psnr(baseline[k], drv[k]))
+            face_gap.append(psnr_u8(ours[k][m], drv[k][m]) - psnr_u8(baseline[k][m], drv[k][m]))
+            frame_gap.append(psnr_u8(ours[k], drv[k]) - psnr_u8(baseline[k], drv[k]))
     assert len(face_gap) >= 20
     # measured here (the fixtures' test clips, 30 frames each, 128 px): +0.19 dB inside, +0.36 dB on the frame
     assert abs(float(np.mean(face_gap))) < 0.3
