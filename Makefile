@@ -18,6 +18,9 @@ STAGE       ?=
 export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
+# pytest-xdist: a worker per core (at most 4), each test module on one worker so that its fixtures are built once;
+# tests/conftest.py gives each worker its share of the cores. `make test PYTEST_WORKERS=` runs in one process.
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadscope
 
 .PHONY: help install lint test app demo sample preprocess stage1 meta sr personalize upscale animate evaluate sweep train bench bench-gpu bench-personalize export stage1-evidence stage1-evidence-reps meta-evidence meta-ablation meta-evidence-reps clean distclean
 
@@ -44,7 +47,7 @@ lint: install ## ruff over the whole tree (pyproject.toml: 120 columns); part of
 
 test: install lint ## lint, then run the test suite (what CI runs)
 	@# pytest exits 5 when it collects no tests: a broken suite, so a failure here too
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 app: install ## the web app on http://127.0.0.1:7860 (animate, personalize): make app ARGS="--checkpoint CKPT"

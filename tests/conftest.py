@@ -12,6 +12,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
 
+# Under pytest-xdist (`make test` runs `-n auto`), each worker gets an equal share of the cores for torch's
+# intra-op threads; oversubscribed OpenMP threads spin against each other and run slower than fewer threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    import torch
+
+    _share = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    torch.set_num_threads(_share)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))  # the processes a test starts (the app server, DDP ranks)
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO.parent / "shared" / "fixtures"
 
