@@ -18,7 +18,8 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     import torch
 
-    _share = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
+    _share = max(1, _cores // _WORKERS)
     torch.set_num_threads(_share)
     os.environ.setdefault("OMP_NUM_THREADS", str(_share))  # the processes a test starts (the app server, DDP ranks)
 
