@@ -175,9 +175,9 @@ def inference_rates(preset: str, device: torch.device, frames: int, batch_size: 
         return iter_super_resolve(sr, plain(n), sr_cfg.sr.window, device)
 
     timed(f"{r}_fp32", plain)
-    timed(f"{2 * r}_with_sr_fp32", with_sr)
-    if device.type == "cuda":  # last: bf16 leaves the generator's weights in channels_last
+    if device.type == "cuda":
         timed(f"{r}_bf16_autocast", bf16)
+    timed(f"{2 * r}_with_sr_fp32", with_sr)
     out["batch"] = batch_size
     return out
 

@@ -60,10 +60,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def for_precision(generator, precision: str, device: torch.device):
     """(the generator made ready for `precision` on `device`, a factory of the autocast context its forward passes
-    run in). bf16 also puts the weights in channels_last, the layout where oneDNN's bf16 convolutions gain."""
+    run in). bf16 puts the weights in channels_last, the layout where oneDNN's bf16 convolutions gain; fp32 puts them
+    back in the default layout (the module is changed in place, so a generator used in bf16 before runs fp32 as a
+    fresh one does)."""
     dtype = autocast_dtype(precision, device)
-    if dtype is not None:
-        generator = generator.to(memory_format=torch.channels_last)
+    generator = generator.to(memory_format=torch.channels_last if dtype is not None else torch.contiguous_format)
     return generator, lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 

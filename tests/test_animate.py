@@ -98,6 +98,10 @@ def test_bf16_precision_matches_fp32_on_real_frames(demo_generator_ckpt, portrai
     diff = np.abs(fp32.astype(int) - bf16.astype(int))
     assert 0 < diff.mean() < 1.0 and diff.max() <= 12, (diff.mean(), diff.max())  # it ran in bf16, and close
     assert np.abs(fp32.astype(int) - untrained.astype(int)).mean() > 10 * diff.mean()  # synthesis is in play
+    # fp32 after bf16 on the same generator: the default layout back, and fp32's frames exactly
+    again = np.stack(inference.generate(gen, source, lms, torch.device("cpu"), 3, progress=False, precision="fp32"))
+    assert gen.refiner.blocks[-1].conv0.weight.is_contiguous()
+    assert np.array_equal(again, fp32)
     pts = torch.from_numpy(lms[:2])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = gen.warper.prior(pts[:1], pts[1:])["mesh_flow"]
