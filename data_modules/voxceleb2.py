@@ -19,6 +19,8 @@ Landmark images, gaze heat-maps and region masks are rendered on the device, aft
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -94,13 +96,18 @@ class EpisodeDataset(Dataset):
         self.identities = sorted(clips_by_identity)
         self.clips = clips_by_identity
         self.aug = ClipAugment() if spec.augment else None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.identities)
 
     def __getitem__(self, i: int) -> dict:
         ident = self.identities[i]
-        rng = np.random.default_rng(_seed(self.spec.seed, ident, "val" if self.deterministic else torch.initial_seed()))
+        # a new episode of each person every epoch, the same for a seed whatever the loader's workers
+        rng = np.random.default_rng(_seed(self.spec.seed, ident, "val" if self.deterministic else self.epoch))
         order = list(self.clips[ident]) if self.deterministic else list(rng.permutation(self.clips[ident]))
         support_item = self.ds[int(order[0])]
         query_item = self.ds[int(order[1])] if self.spec.cross_clip and len(order) > 1 else support_item
@@ -185,6 +192,7 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         self.manifest = load_manifest(self.root)  # cheap JSON; validates the folder early
         self.id_dim = check_id_dim(id_dim, self.manifest)
         self.train_set = self.val_set = None
+        self.train_epochs_started = 0  # passes over the training data so far, resumed ones included
 
     @classmethod
     def from_config(cls, cfg, root: str | None = None) -> VoxCeleb2DataModule:
@@ -237,8 +245,21 @@ class VoxCeleb2DataModule(GuidanceDataModule):
     def _loader(self, dataset, train: bool) -> DataLoader:
         is_map = isinstance(dataset, Dataset) and not isinstance(dataset, IterableDataset)
         return EpochLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          shuffle=train and is_map, drop_last=train, collate_fn=collate,
-                          persistent_workers=False, pin_memory=torch.cuda.is_available())
+                           shuffle=train and is_map, drop_last=train, collate_fn=collate,
+                           persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                           seed=self.spec.seed, next_epoch=self._next_train_epoch if train else None)
+
+    def _next_train_epoch(self) -> int:
+        self.train_epochs_started += 1
+        return self.train_epochs_started - 1
+
+    # Lightning keeps this in checkpoints and restores it on resume. Its own epoch counters cannot number the
+    # data: resumed from a checkpoint of an epoch's last step, the next epoch still reads as the one before.
+    def state_dict(self) -> dict:
+        return {"train_epochs_started": self.train_epochs_started}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_epochs_started = int(state["train_epochs_started"])
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
@@ -252,15 +273,21 @@ class VoxCeleb2DataModule(GuidanceDataModule):
 
 
 class EpochLoader(DataLoader):
-    """A DataLoader that tells an iterable dataset which epoch starts, from the main process: worker
-    processes get a fresh copy of the dataset every epoch, so a counter kept inside them never advances."""
+    """A DataLoader whose every pass is a function of (seed, epoch): before each pass it tells its dataset which
+    epoch starts and reseeds its own generator (the shuffle order, the workers' seeds). `next_epoch()` numbers the
+    passes: the loader's own count from 0 by default; the DataModule's training loader takes the DataModule's
+    count, which checkpoints keep, so a resumed run goes on with the data an uninterrupted run would have seen.
+    Set from the main process: worker processes get a fresh copy of the dataset every epoch, so a counter kept
+    inside them never advances."""
 
-    _epochs = 0
+    def __init__(self, *args, seed: int = 0, next_epoch: Callable[[], int] | None = None, **kwargs):
+        kwargs.setdefault("generator", torch.Generator())  # Lightning re-creating the loader (DDP) passes its own
+        super().__init__(*args, **kwargs)
+        self.seed, self.next_epoch = seed, next_epoch or itertools.count().__next__
 
     def __iter__(self):
-        if isinstance(self.dataset, ClipStream):
-            self.dataset.set_epoch(self._epochs)
-            self._epochs += 1
+        epoch = self.next_epoch()
+        self.generator.manual_seed(_seed(self.seed, "loader", epoch) % 2**63)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
         return super().__iter__()
-
-

@@ -209,6 +209,27 @@ def test_augmented_batches_repeat_with_the_seed(shards, module):
     assert same and any(not torch.equal(x, y) for x, y in same)
 
 
+def test_episodes_are_new_every_epoch_and_the_same_with_any_number_of_workers(shards):
+    """Each epoch draws a new episode of every person (its clip, frames and augmentation), a function of the seed
+    and the epoch only: in the main process (num_workers=0, the tiny preset) the same episodes came back every
+    epoch, and with workers they depended on the workers' seeds."""
+    def epochs(num_workers: int) -> list[dict]:
+        dm = VoxCeleb2DataModule(str(shards), mode="episodes", resolution=64, batch_size=2, num_workers=num_workers,
+                                 support=3, query=2, seed=5)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        return [{ident: (b["support"][i], b["query_index"][i]) for b in loader for i, ident in enumerate(b["identity"])}
+                for _ in range(2)]
+
+    main, workers = epochs(0), epochs(2)
+    for a, b in zip(main, workers):  # the same episodes, whoever loads them
+        assert a.keys() == b.keys() and len(a) >= 4
+        assert all(torch.equal(a[k][0], b[k][0]) and torch.equal(a[k][1], b[k][1]) for k in a)
+    first, second = main
+    shared = first.keys() & second.keys()
+    assert shared and all(not torch.equal(first[k][0], second[k][0]) for k in shared)  # new frames every epoch
+
+
 def test_rendering_follows_the_landmarks(shards):
     _, lms = _real_frame(shards)
     lm = torch.from_numpy(lms)

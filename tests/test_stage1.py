@@ -195,6 +195,43 @@ def test_bf16_mixed_precision_steps(shards):
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
+@pytest.mark.parametrize("stage", ["warp", "meta"])
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(stage, shards, tiny_generator_ckpt, tmp_path,
+                                                                           monkeypatch):
+    """Stopped after its second epoch's checkpoint, a run started again by the same command ends with the weights of
+    a run never stopped, bit for bit: it goes on with the data of the epochs it had not seen (the DataModule's epoch
+    count is in the checkpoint). Before, the data restarted at the first epoch's."""
+    from src.modules.meta_module import MetaLearnerModule
+    from src.training import train as train_stage
+
+    args = ["model=tiny", "logger=disabled", f"data.root={shards}", f"output_root={tmp_path}", "data.augment=true",
+            "trainer.limit_train_batches=2", "trainer.limit_val_batches=0", "trainer.max_epochs=3",
+            "checkpoint.every_n_train_steps=2", "trainer.enable_progress_bar=false", "data.num_workers=0"]
+    if stage == "meta":
+        args += [f"meta.init={tiny_generator_ckpt}", "meta.support_frames=4", "meta.inner_steps=2",
+                 "meta.learn_inner_lr=true"]
+    train_stage(stage, [*args, "run_name=whole"])
+
+    def stop_at_the_third_epoch(self):
+        if self.trainer.current_epoch == 2:
+            raise KeyboardInterrupt  # Lightning's graceful shutdown: the checkpoints written so far stay
+
+    module = MetaLearnerModule if stage == "meta" else WarpingModule
+    with monkeypatch.context() as m:
+        m.setattr(module, "on_train_epoch_start", stop_at_the_third_epoch)
+        with pytest.raises(SystemExit):
+            train_stage(stage, [*args, "run_name=stopped"])
+    last = tmp_path / stage / "stopped" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == 4
+    train_stage(stage, [*args, "run_name=stopped"])
+    whole = read_checkpoint(tmp_path / stage / "whole" / "checkpoints" / "last.ckpt")
+    resumed = read_checkpoint(last)
+    assert resumed["global_step"] == whole["global_step"] == 6
+    assert whole["state_dict"].keys() == resumed["state_dict"].keys()
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(shards, tmp_path):
     """SIGKILL a training process once it has written a checkpoint; the same command continues from it."""
