@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,27 @@ def test_episodes_are_disjoint_by_identity(shards, tmp_path):
     identities = set(load_manifest(shards)["splits"]["dev"]["identities"])
     assert not set(a) & set(b)
     assert set(a) | set(b) == identities  # 10 identities -> 5 per rank
+
+
+@pytest.mark.slow
+def test_a_resumed_ddp_run_sees_the_episodes_of_an_uninterrupted_one(shards, tmp_path):
+    """Resumed from the last step of its second epoch, a 2-process run's third epoch gives every rank the people,
+    in the same order and with the same frames, that a run never stopped gives it. Lightning's DistributedSampler
+    numbers that epoch as the one before, so the order of people must not come from it."""
+    def run(name: str, epochs: int, resume: Path | None = None) -> list[dict]:
+        out = tmp_path / name
+        out.mkdir(exist_ok=True)
+        r = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "ddp_episode_order.py"), str(shards),
+                            str(out), str(epochs), *([str(resume)] if resume else [])],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+
+    whole = run("whole", 3)
+    run("stopped", 2)
+    resumed = run("stopped", 3, resume=tmp_path / "stopped" / "last.ckpt")
+    for rank in range(2):
+        assert list(whole[rank]) == ["0", "1", "2"] and list(resumed[rank]) == ["2"]
+        assert len(whole[rank]["2"]) == 5  # 10 people, 2 ranks, batches of 1
+        assert resumed[rank]["2"] == whole[rank]["2"]
+    assert whole[0]["0"] != whole[0]["1"]  # and the epochs differ
