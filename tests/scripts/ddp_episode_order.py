@@ -24,7 +24,8 @@ class Recorder(L.LightningModule):
     def training_step(self, batch, _):
         # keyed by the data's epoch: resumed at an epoch's last step, Lightning skips on_train_epoch_start
         epoch = self.trainer.datamodule.train_epochs_started - 1
-        self.epochs.setdefault(epoch, []).extend([[ident, batch["support_index"][i].tolist()] for i, ident in enumerate(batch["identity"])])
+        self.epochs.setdefault(epoch, []).extend([ident, batch["support_index"][i].tolist()]
+                                                 for i, ident in enumerate(batch["identity"]))
         return (self.weight * batch["source"].mean()).sum()
 
     def on_train_end(self):
