@@ -28,6 +28,7 @@ class SampleSpec:
     cross_clip: bool = True
     query_tail: float = 0.0      # episodes from one clip: > 0 holds out this last fraction of it for the query
     source_frame: str = "random"  # episodes from one clip, query anywhere: a random source, or the clip's typical frame
+    episodes_per_person: int | None = None  # episodes: None draws a new one every epoch, K cycles K fixed ones
     augment: bool = False
     seed: int = 0
     sr_scale: int = 2            # windows: high-resolution frames at sr_scale x resolution

@@ -106,8 +106,11 @@ class EpisodeDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         ident = self.identities[i]
-        # a new episode of each person every epoch, the same for a seed whatever the loader's workers
-        rng = np.random.default_rng(_seed(self.spec.seed, ident, "val" if self.deterministic else self.epoch))
+        # a new episode of each person every epoch (or one of a fixed pool of them), the same for a seed whatever
+        # the loader's workers
+        pool = self.spec.episodes_per_person
+        draw = self.epoch if pool is None else self.epoch % pool
+        rng = np.random.default_rng(_seed(self.spec.seed, ident, "val" if self.deterministic else draw))
         order = list(self.clips[ident]) if self.deterministic else list(rng.permutation(self.clips[ident]))
         support_item = self.ds[int(order[0])]
         query_item = self.ds[int(order[1])] if self.spec.cross_clip and len(order) > 1 else support_item
@@ -173,7 +176,8 @@ class VoxCeleb2DataModule(GuidanceDataModule):
                  num_workers: int = 2, train_split: str = "dev", val_split: str = "test", augment: bool = True,
                  samples_per_clip: int = 4, window: int = 6, support: int = 4, query: int = 4,
                  cross_clip: bool = True, query_tail: float = 0.0, id_dim: int | None = None, render: bool = True,
-                 seed: int = 0, edges: str = "contours", sr_scale: int = 2, source_frame: str = "random"):
+                 seed: int = 0, edges: str = "contours", sr_scale: int = 2, source_frame: str = "random",
+                 episodes_per_person: int | None = None):
         super().__init__()
         if mode not in CHOICES["data.mode"]:
             raise UserError(f"data.mode must be one of {', '.join(CHOICES['data.mode'])}, got '{mode}'")
@@ -187,7 +191,7 @@ class VoxCeleb2DataModule(GuidanceDataModule):
             raise UserError(f"meta.source_frame must be one of {', '.join(CHOICES['meta.source_frame'])}, "
                             f"got '{source_frame}'")
         self.spec = SampleSpec(mode, resolution, samples_per_clip, window, support, query, cross_clip, query_tail,
-                               source_frame, augment, seed, sr_scale)
+                               source_frame, episodes_per_person, augment, seed, sr_scale)
         self.requested_id_dim = id_dim
         self.manifest = load_manifest(self.root)  # cheap JSON; validates the folder early
         self.id_dim = check_id_dim(id_dim, self.manifest)
@@ -202,7 +206,7 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         if "meta" in cfg:  # episode sizes are the meta stage's settings
             extra.update(support=cfg.meta.support_frames, query=cfg.meta.query_frames,
                          cross_clip=cfg.meta.query_from_other_clip, query_tail=cfg.meta.query_tail,
-                         source_frame=cfg.meta.source_frame)
+                         source_frame=cfg.meta.source_frame, episodes_per_person=cfg.meta.episodes_per_person)
         if "sr" in cfg:  # window length is the SR stage's setting, the HQ size the SR model's
             extra.update(window=cfg.sr.window, sr_scale=cfg.model.sr.scale)
         return cls(root=root or d.root, mode=d.mode, resolution=d.resolution, batch_size=d.batch_size,

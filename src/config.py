@@ -296,6 +296,9 @@ def check_rules(cfg: DictConfig) -> None:
                               f"{m.inner_lr_lr} and {m.inner_lr_scale_max}")
         if not 0 <= m.query_tail < 1:
             raise ConfigError(f"meta.query_tail must be in [0, 1), got {m.query_tail}")
+        if m.episodes_per_person is not None and not (isinstance(m.episodes_per_person, int)
+                                                      and m.episodes_per_person >= 1):
+            raise ConfigError(f"meta.episodes_per_person must be null or an integer >= 1, got {m.episodes_per_person}")
         if m.source_frame == "typical" and (m.query_from_other_clip or m.query_tail > 0):
             # the other episode kinds choose their own source (query_tail: already the typical frame)
             raise ConfigError("meta.source_frame=typical applies to episodes from one clip with the query anywhere in "

@@ -86,6 +86,10 @@ def test_a_mistyped_choice_fails_at_compose_time_with_a_suggestion():
         C.compose("meta", ["meta.algorithm=maml", "loss.perceptual=vgg19"])
     with pytest.raises(ConfigError, match="query_tail"):
         C.compose("meta", ["meta.query_tail=1.5"])
+    for bad in ("0", "2.5"):
+        with pytest.raises(ConfigError, match="episodes_per_person"):
+            C.compose("meta", [f"meta.episodes_per_person={bad}"])
+    assert C.compose("meta", ["meta.episodes_per_person=4"]).meta.episodes_per_person == 4
     with pytest.raises(ConfigError, match="source_frame=typical"):
         C.compose("meta", ["meta.source_frame=typical"])  # the query from another clip (the default)
     with pytest.raises(ConfigError, match="must be one of"):

@@ -230,6 +230,19 @@ def test_episodes_are_new_every_epoch_and_the_same_with_any_number_of_workers(sh
     assert shared and all(not torch.equal(first[k][0], second[k][0]) for k in shared)  # new frames every epoch
 
 
+def test_a_pool_of_episodes_per_person_cycles(shards):
+    """meta.episodes_per_person=K: epoch e shows each person's episode e mod K, drawn once from the seed."""
+    dm = VoxCeleb2DataModule(str(shards), mode="episodes", resolution=64, batch_size=2, num_workers=0,
+                             support=3, query=2, seed=5, episodes_per_person=2)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    e0, e1, e2 = ({ident: b["support"][i] for b in loader for i, ident in enumerate(b["identity"])}
+                  for _ in range(3))
+    assert e0.keys() == e1.keys() == e2.keys() and len(e0) >= 4
+    assert all(torch.equal(e0[k], e2[k]) for k in e0)  # the pool cycles
+    assert all(not torch.equal(e0[k], e1[k]) for k in e0)  # and holds two different episodes
+
+
 def test_rendering_follows_the_landmarks(shards):
     _, lms = _real_frame(shards)
     lm = torch.from_numpy(lms)
