@@ -190,8 +190,11 @@ class VoxCeleb2DataModule(GuidanceDataModule):
         if source_frame not in CHOICES["meta.source_frame"]:
             raise UserError(f"meta.source_frame must be one of {', '.join(CHOICES['meta.source_frame'])}, "
                             f"got '{source_frame}'")
-        self.spec = SampleSpec(mode, resolution, samples_per_clip, window, support, query, cross_clip, query_tail,
-                               source_frame, episodes_per_person, augment, seed, sr_scale)
+        if episodes_per_person is not None and episodes_per_person < 1:
+            raise UserError(f"meta.episodes_per_person must be null or >= 1, got {episodes_per_person}")
+        self.spec = SampleSpec(mode, resolution, samples_per_clip=samples_per_clip, window=window, support=support,
+                               query=query, cross_clip=cross_clip, query_tail=query_tail, source_frame=source_frame,
+                               episodes_per_person=episodes_per_person, augment=augment, seed=seed, sr_scale=sr_scale)
         self.requested_id_dim = id_dim
         self.manifest = load_manifest(self.root)  # cheap JSON; validates the folder early
         self.id_dim = check_id_dim(id_dim, self.manifest)

@@ -241,6 +241,8 @@ def test_a_pool_of_episodes_per_person_cycles(shards):
     assert e0.keys() == e1.keys() == e2.keys() and len(e0) >= 4
     assert all(torch.equal(e0[k], e2[k]) for k in e0)  # the pool cycles
     assert all(not torch.equal(e0[k], e1[k]) for k in e0)  # and holds two different episodes
+    with pytest.raises(UserError, match="episodes_per_person"):
+        VoxCeleb2DataModule(str(shards), mode="episodes", episodes_per_person=0)
 
 
 def test_rendering_follows_the_landmarks(shards):
