@@ -150,7 +150,7 @@ stage1-evidence-reps: install ## three repetitions of the stage-1 evidence, trai
 # the `tiny` scale (64 px, blend_warped), trained by `make meta-evidence`: META_CKPT is Reptile with learned
 # per-tensor inner rates on tasks of META_SUPPORT support frames (40, chosen on the mesh prior on a proxy split; 16
 # before 2026-12-06) for 220 outer steps, about the CPU time of the control's extra 140 refine epochs (stage 1
-# trained on: CONTROL_REFINE_EPOCHS, see BENCHMARKS.md). `make meta-evidence-reps` trains and benchmarks three
+# trained on: a copy of its run folder continued to CONTROL_REFINE_EPOCHS, see BENCHMARKS.md). `make meta-evidence-reps` trains and benchmarks three
 # repetitions. `make meta-ablation`: Reptile without learned rates. META_OUTER=refiner: the outer step moves the
 # refiner only (meta.outer_update; runs and tables named ..._refiner).
 META_SUPPORT := 40
@@ -165,19 +165,20 @@ EVIDENCE_ARGS := model=tiny model.refiner.blend_warped=true $(EVIDENCE_COMMON)
 META_EVIDENCE_ARGS := $(EVIDENCE_ARGS) meta.init=$(STAGE1_CKPT) meta.algorithm=reptile meta.inner_steps=10 meta.inner_batch=4 \
   meta.support_frames=8 meta.query_from_other_clip=false meta.outer_optimizer=sgd meta.outer_lr_decay=linear optim.lr=0.5 \
   trainer.max_steps=240 trainer.max_epochs=100000 trainer.check_val_every_n_epoch=16
-meta-evidence: install ## train the stage-1, meta (learned rates) and control runs that bench-personalize compares (tiny, ~45 min on 2 CPU cores)
+meta-evidence: install ## train the stage-1, meta (learned rates) and control runs that bench-personalize compares (tiny, ~35 min on 2 CPU cores)
 	@test -f $(EVIDENCE_SHARDS)/manifest.json || $(PY) -m benchmarks.bench_preprocess
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny$(REP_TAG) stage1.warp_epochs=20 stage1.refine_epochs=100 \
 	  trainer.check_val_every_n_epoch=10
 	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=$(META_RUN)$(REP_TAG) meta.learn_inner_lr=true \
 	  meta.inner_lr_lr=0.02 meta.support_frames=$(META_SUPPORT) meta.outer_update=$(META_OUTER) trainer.max_steps=220
 	$(PY) -m src.train stage1 $(EVIDENCE_ARGS) run_name=evidence_tiny_control$(REP_TAG) stage1.warp_epochs=20 \
-	  stage1.refine_epochs=$(CONTROL_REFINE_EPOCHS) trainer.check_val_every_n_epoch=10
+	  stage1.refine_epochs=$(CONTROL_REFINE_EPOCHS) trainer.check_val_every_n_epoch=10 \
+	  stage1.continue_from=outputs/stage1/evidence_tiny$(REP_TAG)
 
 meta-ablation: install ## Reptile without learned rates from the evidence's stage 1 (after meta-evidence)
 	$(PY) -m src.train meta $(META_EVIDENCE_ARGS) run_name=evidence_tiny$(REP_TAG)
 
-meta-evidence-reps: install ## three repetitions of the whole adaptation-curve evidence, training included (~2.5 h on 2 CPU cores)
+meta-evidence-reps: install ## three repetitions of the whole adaptation-curve evidence, training included (~2 h on 2 CPU cores)
 	for rep in 1 2 3; do $(MAKE) --no-print-directory meta-evidence EVIDENCE_REP=$$rep && \
 	  $(MAKE) --no-print-directory bench-personalize EVIDENCE_REP=$$rep ARGS="--name personalize_curves_s$(META_SUPPORT)$(META_TAG)_rep$$rep" || exit 1; done
 

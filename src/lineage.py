@@ -49,6 +49,19 @@ def finished_checkpoint(run_dir: str | Path, stage: str) -> Path | None:
     return Path(entry["checkpoint"]) if entry.get("status") == "done" else None
 
 
+def moved_record(source_run: str | Path, run_dir: str | Path) -> dict:
+    """source_run's record with every path inside source_run moved to run_dir, and each entry saying where it came
+    from: the record of a run that starts as a copy of another one."""
+    src, dst = Path(source_run).resolve(), Path(run_dir)
+    record = read_record(source_run)
+    for entry in record["stages"].values():
+        for key in ("run_dir", "checkpoint", "init"):
+            if isinstance(entry.get(key), str) and Path(entry[key]).resolve().is_relative_to(src):
+                entry[key] = str(dst / Path(entry[key]).resolve().relative_to(src))
+        entry["copied_from"] = str(source_run)
+    return record
+
+
 def inherit(run_dir: str | Path, upstream: dict) -> None:
     """Put the entries of the run this one starts from (its record) in front of this run's own."""
     record = read_record(run_dir)

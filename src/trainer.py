@@ -19,8 +19,10 @@ def checkpoint_callback(cfg: DictConfig, run_dir: Path) -> ModelCheckpoint:
     ck = cfg.checkpoint
     when = ({"every_n_train_steps": ck.every_n_train_steps} if ck.every_n_train_steps
             else {"train_time_interval": timedelta(minutes=ck.every_minutes)})
+    # No version counter: `last.ckpt` is the file resumes and the lineage record name. A run continued from a
+    # copy of another (stage1.continue_from) would otherwise write `last-v1.ckpt` beside the copied one.
     return ModelCheckpoint(dirpath=str(Path(run_dir) / "checkpoints"), save_last=ck.save_last,
-                           save_top_k=ck.keep_top_k, **when)
+                           save_top_k=ck.keep_top_k, enable_version_counter=False, **when)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback] | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,6 +64,42 @@ def test_stage1_orchestrator_records_and_skips(shards, tmp_path):
     before = (run / "refine" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     assert train.main(args) == 0  # finished stages are not redone
     assert (run / "refine" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
+
+
+def test_a_finished_stage_trains_on_and_a_run_can_continue_another(shards, tmp_path):
+    """Asked for more epochs, a finished refine trains on from its last checkpoint; `stage1.continue_from` starts a
+    new run as a copy of a finished one that then trains on, leaving the original as it was. Both end with the
+    weights of a run trained for all the epochs in one go (the meta evidence's control is stage 1 trained on)."""
+    from src.training import train as train_stage
+
+    common = ["stage1", *FAST, f"data.root={shards}", f"output_root={tmp_path}", "trainer.limit_val_batches=0",
+              "data.augment=true", "stage1.warp_epochs=1"]
+    runs = tmp_path / "stage1"
+
+    def refine(name: str) -> dict:
+        return read_checkpoint(runs / name / "refine" / "checkpoints" / "last.ckpt")
+
+    assert train.main([*common, "run_name=whole", "stage1.refine_epochs=3"]) == 0
+    assert train.main([*common, "run_name=short", "stage1.refine_epochs=1"]) == 0
+    assert train.main([*common, "run_name=short", "stage1.refine_epochs=2"]) == 0  # trains on: 1 -> 2
+    assert refine("short")["epoch"] == 2
+    short = refine("short")["state_dict"]
+    assert train.main([*common, "run_name=copy", "stage1.refine_epochs=3",
+                       f"stage1.continue_from={runs / 'short'}"]) == 0  # a copy of `short`, trained on: 2 -> 3
+    assert refine("short")["epoch"] == 2 and all(torch.equal(v, refine("short")["state_dict"][k])
+                                                 for k, v in short.items())  # the original is untouched
+    whole, copy = refine("whole"), refine("copy")
+    assert copy["epoch"] == whole["epoch"] == 3 and copy["global_step"] == whole["global_step"]
+    assert all(torch.equal(v, copy["state_dict"][k]) for k, v in whole["state_dict"].items())
+    record = json.loads((runs / "copy" / "stages.json").read_text())["stages"]
+    assert record["refine"]["status"] == "done" and record["refine"]["copied_from"] == str(runs / "short")
+    assert (runs / "copy").resolve() in Path(record["refine"]["checkpoint"]).resolve().parents
+    assert Path(record["refine"]["init"]).resolve() == (runs / "copy" / "warp" / "checkpoints" / "last.ckpt")
+
+    with pytest.raises(UserError, match="refine has already started"):  # warp trained on under a finished refine
+        train_stage("stage1", [*common[1:], "run_name=short", "stage1.warp_epochs=2", "stage1.refine_epochs=2"])
+    with pytest.raises(UserError, match="not a finished stage-1 run"):
+        train_stage("stage1", [*common[1:], "run_name=other", f"stage1.continue_from={tmp_path / 'nothing'}"])
 
 
 def test_a_seed_reproduces_a_training_run(shards, tmp_path):
