@@ -150,9 +150,9 @@ stage1-evidence-reps: install ## three repetitions of the stage-1 evidence, trai
 # the `tiny` scale (64 px, blend_warped), trained by `make meta-evidence`: META_CKPT is Reptile with learned
 # per-tensor inner rates on tasks of META_SUPPORT support frames (40, chosen on the mesh prior on a proxy split; 16
 # before 2026-12-06) for 220 outer steps, about the CPU time of the control's extra 140 refine epochs (stage 1
-# trained on: a copy of its run folder continued to CONTROL_REFINE_EPOCHS, see BENCHMARKS.md). `make meta-evidence-reps` trains and benchmarks three
-# repetitions. `make meta-ablation`: Reptile without learned rates. META_OUTER=refiner: the outer step moves the
-# refiner only (meta.outer_update; runs and tables named ..._refiner).
+# trained on: a copy of its run folder continued to CONTROL_REFINE_EPOCHS, see BENCHMARKS.md). `make
+# meta-evidence-reps` trains and benchmarks three repetitions. `make meta-ablation`: Reptile without learned rates.
+# META_OUTER=refiner: the outer step moves the refiner only (meta.outer_update; runs and tables named ..._refiner).
 META_SUPPORT := 40
 META_OUTER   ?= generator
 META_TAG     := $(if $(filter refiner,$(META_OUTER)),_refiner)

@@ -56,8 +56,9 @@ def moved_record(source_run: str | Path, run_dir: str | Path) -> dict:
     record = read_record(source_run)
     for entry in record["stages"].values():
         for key in ("run_dir", "checkpoint", "init"):
-            if isinstance(entry.get(key), str) and Path(entry[key]).resolve().is_relative_to(src):
-                entry[key] = str(dst / Path(entry[key]).resolve().relative_to(src))
+            path = Path(entry[key]).resolve() if isinstance(entry.get(key), str) else None
+            if path is not None and path.is_relative_to(src):
+                entry[key] = str(dst / path.relative_to(src))
         entry["copied_from"] = str(source_run)
     return record
 

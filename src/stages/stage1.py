@@ -46,6 +46,9 @@ def run_refine(cfg: DictConfig, run_dir: Path, init: str | None = None, max_epoc
 def copy_run(source: Path, run_dir: Path) -> None:
     """Start run_dir as a copy of the finished stage-1 run `source`: its parts' last checkpoints and its record
     (paths moved to run_dir). Written by the launching rank; under torchrun the other ranks wait for the record."""
+    def last(folder: Path, stage: str) -> Path:  # where each part resumes from (src/stages/common.py: fit)
+        return folder / stage / "checkpoints" / "last.ckpt"
+
     if is_launch_rank_zero():
         if read_record(source)["stages"].get("refine", {}).get("status") != "done":
             raise UserError(f"stage1.continue_from: {source} is not a finished stage-1 run (its stages.json has no "
@@ -53,14 +56,12 @@ def copy_run(source: Path, run_dir: Path) -> None:
         record = moved_record(source, run_dir)
         for stage in ("warp", "refine"):
             named = Path(record["stages"].get(stage, {}).get("checkpoint", ""))
-            if (named.resolve() != (run_dir / stage / "checkpoints" / "last.ckpt").resolve()
-                    or not (source / stage / "checkpoints" / "last.ckpt").is_file()):
-                raise UserError(f"stage1.continue_from: {source}/{stage}/checkpoints/last.ckpt is missing or its "
-                                "stages.json names checkpoints outside it (written from another working folder, or "
-                                "moved since)")
+            if named.resolve() != last(run_dir, stage).resolve() or not last(source, stage).is_file():
+                raise UserError(f"stage1.continue_from: {last(source, stage)} is missing or its stages.json names "
+                                "checkpoints outside it (written from another working folder, or moved since)")
         for stage in ("warp", "refine"):
-            (run_dir / stage / "checkpoints").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / stage / "checkpoints" / "last.ckpt", run_dir / stage / "checkpoints" / "last.ckpt")
+            last(run_dir, stage).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(last(source, stage), last(run_dir, stage))
         write_record(run_dir, record)
         print(f"started as a copy of {source}")
         return
