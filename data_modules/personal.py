@@ -5,6 +5,10 @@ frames are never neighbours of training frames); training samples come from the 
 (source and driving from the training part; validation drives one source frame, below, with each held-out
 frame) and `windows` (T consecutive frames at 256 and 512).
 
+Training sample i is drawn from (seed, first_sample + i). A run resumed after n steps of batch b passes
+first_sample=n*b: Lightning iterates a map-style loader from its start again and stops the epoch n batches early,
+so the resumed run gets the samples the uninterrupted one had from there on.
+
 The validation source is the clip's most typical training frame (`source_frame="typical"`: the one whose
 landmarks are nearest the per-point median of the training part), not whatever the first frame happens to be: a
 clip that opens zoomed out or mid-turn would otherwise judge every held-out frame against an unrepresentative
@@ -36,8 +40,9 @@ from src.errors import UserError
 
 class _PersonalSamples(Dataset):
     def __init__(self, items: list[dict], ranges: list[tuple[int, int]], spec: SampleSpec, length: int | None,
-                 train: bool, sources: list[int] | None = None):
+                 train: bool, sources: list[int] | None = None, first_sample: int = 0):
         self.items, self.ranges, self.spec, self.train, self.sources = items, ranges, spec, train, sources
+        self.first_sample = first_sample
         self.aug = ClipAugment() if spec.augment and train else None
         # validation enumerates every held-out frame (pairs) or window start (windows) once
         self.fixed = None if train else [
@@ -51,7 +56,7 @@ class _PersonalSamples(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         if self.train:
-            rng = np.random.default_rng((self.spec.seed, i, torch.initial_seed() % 2**32))
+            rng = np.random.default_rng((self.spec.seed, self.first_sample + i, torch.initial_seed() % 2**32))
             c = int(rng.integers(len(self.items)))
             lo, hi = self.ranges[c]
             if self.spec.mode == "pairs":
@@ -69,8 +74,11 @@ class PersonalVideoDataModule(GuidanceDataModule):
                  num_workers: int = 0, heldout_fraction: float = HELDOUT_FRACTION, min_train_frames: int = 8,
                  samples_per_epoch: int = 200, window: int = 6, augment: bool = True, id_dim: int | None = None,
                  render: bool = True, seed: int = 0, identities: list[str] | None = None,
-                 source_frame: str = "typical"):
+                 source_frame: str = "typical", first_sample: int = 0):
         super().__init__()
+        if not 0 <= first_sample:
+            raise UserError(f"first_sample must be >= 0, not {first_sample}")
+        self.first_sample = first_sample
         if mode not in ("pairs", "windows"):
             raise UserError(f"PersonalVideoDataModule supports modes pairs and windows, not '{mode}'")
         if source_frame not in SOURCE_FRAMES:
@@ -126,7 +134,8 @@ class PersonalVideoDataModule(GuidanceDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        ds = _PersonalSamples(self.items, self.train_ranges, self.spec, self.samples_per_epoch, train=True)
+        ds = _PersonalSamples(self.items, self.train_ranges, self.spec, self.samples_per_epoch, train=True,
+                              first_sample=self.first_sample)
         return DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, shuffle=False,
                           drop_last=True, collate_fn=collate)
 

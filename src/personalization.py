@@ -7,6 +7,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,11 +208,13 @@ def personalize(a: PersonalizeOptions, callbacks: list | tuple = ()) -> dict:
     if not (ckpt_dir / "data.json").exists():
         atomic_write_json(ckpt_dir / "data.json", {"inputs_digest": data_stamp})
     last = ckpt_dir / "last.ckpt"
-    if last.exists():  # an interrupted run on these videos: checked now, not after the first evaluation
-        check_resumable(last)
+    done = 0  # steps an interrupted run on these videos did; its checkpoint is checked now, not after an evaluation
+    if last.exists():
+        done = int(read_checkpoint(check_resumable(last), mmap=True)["global_step"])
     dm = PersonalVideoDataModule(str(shards), resolution=cfg["model"]["resolution"], batch_size=a.batch_size,
                                  heldout_fraction=a.heldout_fraction, samples_per_epoch=a.steps * a.batch_size,
-                                 id_dim=id_dim, seed=a.seed, source_frame=a.source_frame)
+                                 id_dim=id_dim, seed=a.seed, source_frame=a.source_frame,
+                                 first_sample=done * a.batch_size)  # a resumed run goes on with unseen batches
     dm.setup()
     t_pre = time.time() - t0
     embedder = make_embedder(dm.manifest["embedding"]["backend"].split("-")[0])  # the backend of the shards
@@ -231,7 +234,10 @@ def personalize(a: PersonalizeOptions, callbacks: list | tuple = ()) -> dict:
                                                        check_finite=True), *callbacks],
                         enable_model_summary=False, deterministic=False)
     t1 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+    with warnings.catch_warnings():  # the data module goes on where the checkpoint stopped (first_sample above)
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # ours: data.json
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None, weights_only=True)
     t_train = time.time() - t1
     if best.best_model_path:  # the weights with the lowest held-out loss
         module.load_state_dict(read_checkpoint(best.best_model_path)["state_dict"])

@@ -13,7 +13,8 @@
 3. Written: OUT.ckpt (a generator checkpoint that animate/evaluate/personalize read), OUT.report.json
    (held-out PSNR, SSIM and identity similarity before and after, steps, wall time) and
    OUT.preview.mp4 (held-out frames: real | before | after).
-An interrupted run resumes from OUT.work/checkpoints/last.ckpt when re-run with the same arguments.
+An interrupted run resumes from OUT.work/checkpoints/last.ckpt when re-run with the same arguments, and goes on
+with the batches it had not yet seen: it ends with the weights an uninterrupted run would have.
 Nothing is written under OUT's names until the end, and an existing OUT is kept unless --overwrite. A video
 replaced or changed at the same path since an earlier run is preprocessed again (the work folder records each
 input's size, time and a hash of its ends); a damaged video (fewer frames than its container declares) is used

@@ -160,3 +160,29 @@ def test_killed_personalization_resumes(tiny_generator_ckpt, clip, tmp_path):
     logs = sorted((tmp_path / "k.work" / "logs").rglob("metrics.csv"))
     steps = [int(row.split(",")[1]) for row in logs[-1].read_text().splitlines()[1:]]
     assert min(steps) >= saved_step - 1
+
+
+def test_an_interrupted_personalization_resumes_to_the_weights_of_an_uninterrupted_one(tiny_generator_ckpt, clip,
+                                                                                       tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    class StopAt(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 7:  # past the step-4 checkpoint: steps 5-7 are done again after the resume
+                raise KeyboardInterrupt
+
+    def run(out, callbacks=()):
+        options = personalize.parse_options(_args(tiny_generator_ckpt, clip, out, "--steps", "12", "--eval-every", "4",
+                                                  "--lr", "3e-3", "--heldout-fraction", "0.3"))
+        return personalize.personalize(options, callbacks=callbacks)
+
+    whole = run(tmp_path / "whole.ckpt")
+    with pytest.raises(SystemExit):  # Lightning ends a Ctrl-C with exit status 1, the resume state kept
+        run(tmp_path / "split.ckpt", [StopAt()])
+    assert torch.load(tmp_path / "split.work" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = run(tmp_path / "split.ckpt")
+    assert resumed["steps"] == whole["steps"] == 12
+    # the resumed run fine-tunes on the batches the uninterrupted one saw from step 5 on, not on its first ones again
+    assert resumed["best_heldout_loss"] == whole["best_heldout_loss"]
+    a, b = (load_generator(tmp_path / f"{name}.ckpt")[0].state_dict() for name in ("whole", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
