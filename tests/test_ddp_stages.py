@@ -74,3 +74,28 @@ def test_the_torchrun_launch_script_trains_a_stage(shards, tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     ckpt = torch.load(tmp_path / "warp" / "tr" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2  # 2 batches per rank, one optimizer step each: the ranks ran in lockstep
+
+
+@pytest.mark.slow
+def test_a_torchrun_job_continues_a_finished_run(shards, tmp_path):
+    """`stage1.continue_from` under torchrun: the launching rank copies the run, the other rank waits for the copy,
+    and both train on from it in lockstep."""
+    common = ["trainer.accelerator=cpu", "trainer.precision=32-true", "model=tiny", "logger=disabled",
+              f"data.root={shards}", f"output_root={tmp_path}", "trainer.limit_train_batches=2",
+              "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "data.num_workers=0",
+              "stage1.warp_epochs=1"]
+    r = _train("stage1", *common, "trainer.devices=1", "stage1.refine_epochs=1", "run_name=first")
+    assert r.returncode == 0, r.stderr[-4000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NNODES": "1", "NODE_RANK": "0", "GPUS": "2", "MASTER_PORT": "29534"}
+    r = subprocess.run(["bash", "scripts/torchrun_train.sh", "stage1", *common, "stage1.refine_epochs=2",
+                        "run_name=more", f"stage1.continue_from={tmp_path / 'stage1' / 'first'}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.count("started as a copy of") == 1  # by one rank
+    record = json.loads((tmp_path / "stage1" / "more" / "stages.json").read_text())["stages"]
+    assert record["refine"]["status"] == "done"
+    assert record["refine"]["copied_from"] == str(tmp_path / "stage1" / "first")
+    first, more = (torch.load(tmp_path / "stage1" / name / "refine" / "checkpoints" / "last.ckpt", map_location="cpu",
+                              weights_only=True) for name in ("first", "more"))
+    # one epoch of 2 batches trained on top of the copy, each rank taking one optimizer step per batch
+    assert (first["epoch"], more["epoch"]) == (1, 2) and more["global_step"] == first["global_step"] + 2
