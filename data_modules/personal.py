@@ -76,7 +76,7 @@ class PersonalVideoDataModule(GuidanceDataModule):
                  render: bool = True, seed: int = 0, identities: list[str] | None = None,
                  source_frame: str = "typical", first_sample: int = 0):
         super().__init__()
-        if not 0 <= first_sample:
+        if first_sample < 0:
             raise UserError(f"first_sample must be >= 0, not {first_sample}")
         self.first_sample = first_sample
         if mode not in ("pairs", "windows"):
