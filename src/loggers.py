@@ -53,8 +53,10 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
         return loggers
     finish_wandb()  # Lightning would otherwise log into a run left open by an earlier stage in this process
     wb = cfg.logger.wandb
-    # A stable id per run folder: a resumed run continues the same wandb run instead of starting a new one.
+    # A stable id per run folder: a resumed run continues the same wandb run instead of starting a new one (online;
+    # an offline run cannot be resumed, and wandb says so on every start if asked to).
     run_id = f"{cfg.stage}-{cfg.run_name}".replace("/", "-")
+    run_dir.mkdir(parents=True, exist_ok=True)  # wandb looks for the git commit from here: it must exist
     loggers.append(
         WandbLogger(
             name=f"{cfg.stage}/{cfg.run_name}",
@@ -64,7 +66,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
             tags=list(wb.tags),
             save_dir=str(run_dir),
             id=run_id,
-            resume="allow",
+            resume="allow" if mode == "online" else None,
             mode=mode,
             log_model=wb.log_model,
             config=OmegaConf.to_container(cfg, resolve=True),

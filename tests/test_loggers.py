@@ -70,3 +70,15 @@ def test_each_run_gets_its_own_wandb_run(no_wandb_key, tmp_path):
         run_tiny(cfg, tmp_path / name)
         runs = list((tmp_path / name / "wandb").glob("offline-run-*"))
         assert len(runs) == 1 and runs[0].name.endswith(f"warp-{name}")
+
+
+def test_wandb_starts_in_an_existing_folder_and_resumes_only_online(no_wandb_key, tmp_path):
+    """wandb looks for the git commit from its folder (and warns that a missing one "does not exist"); an offline
+    run cannot be resumed, and wandb warns on every start when asked to."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    cfg = compose("warp", ["model=tiny", "logger=offline"])
+    run_dir = tmp_path / "stage1" / "run" / "warp"
+    (wandb_logger,) = [lg for lg in build_loggers(cfg, run_dir) if isinstance(lg, WandbLogger)]
+    assert run_dir.is_dir()
+    assert wandb_logger._wandb_init["resume"] is None and wandb_logger._wandb_init["id"] == f"warp-{cfg.run_name}"
