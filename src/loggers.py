@@ -56,7 +56,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     # A stable id per run folder: a resumed run continues the same wandb run instead of starting a new one (online;
     # an offline run cannot be resumed, and wandb says so on every start if asked to).
     run_id = f"{cfg.stage}-{cfg.run_name}".replace("/", "-")
-    run_dir.mkdir(parents=True, exist_ok=True)  # wandb looks for the git commit from here: it must exist
+    run_dir.mkdir(parents=True, exist_ok=True)  # wandb looks for git from here and warns when it is missing
     loggers.append(
         WandbLogger(
             name=f"{cfg.stage}/{cfg.run_name}",

@@ -73,8 +73,8 @@ def test_each_run_gets_its_own_wandb_run(no_wandb_key, tmp_path):
 
 
 def test_wandb_starts_in_an_existing_folder_and_resumes_only_online(no_wandb_key, tmp_path):
-    """wandb looks for the git commit from its folder (and warns that a missing one "does not exist"); an offline
-    run cannot be resumed, and wandb warns on every start when asked to."""
+    """wandb looks for git from its folder (and warns that a missing one "does not exist"); an offline run cannot
+    be resumed, and wandb warns on every start when asked to."""
     from lightning.pytorch.loggers import WandbLogger
 
     cfg = compose("warp", ["model=tiny", "logger=offline"])
