@@ -230,6 +230,7 @@ def personalize(a: PersonalizeOptions, callbacks: list | tuple = ()) -> dict:
                         max_time={"seconds": a.time_budget} if a.time_budget else None,
                         val_check_interval=min(a.eval_every, a.steps), check_val_every_n_epoch=None,
                         limit_val_batches=val_batches, num_sanity_val_steps=0, logger=CSVLogger(str(work), name="logs"),
+                        log_every_n_steps=min(a.eval_every, a.steps),  # the training loss beside each held-out one
                         callbacks=[best, EarlyStopping("val/loss", patience=max(1, a.patience // a.eval_every),
                                                        check_finite=True), *callbacks],
                         enable_model_summary=False, deterministic=False)

@@ -65,6 +65,8 @@ def test_fine_tuning_lowers_the_heldout_loss(personalized, tiny_generator_ckpt):
     logs = sorted((personalized.parent / "me.work" / "logs").rglob("metrics.csv"))[-1].read_text().splitlines()
     col = logs[0].split(",").index("val/loss")
     assert len([r for r in logs[1:] if r.split(",")[col]]) == 3  # measured every 8 of 24 steps
+    train_col = logs[0].split(",").index("train/loss")
+    assert len([r for r in logs[1:] if r.split(",")[train_col]]) == 3  # the training loss logged beside it
     dm = PersonalVideoDataModule(str(personalized.parent / "me.work" / "shards"), resolution=64, batch_size=2,
                                  heldout_fraction=0.3, id_dim=128)
     dm.setup()
