@@ -14,6 +14,7 @@ from pathlib import Path
 
 from src.arguments import Parser
 from src.errors import cli_entry
+from src.files import atomic_write_json
 
 # every stage validates at the end of its epochs; the pre-training check is time the demo lacks (SR's alone: 15 s)
 NO_SANITY = ["trainer.num_sanity_val_steps=0"]
@@ -166,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         print(f"== demo step: {name}")
         summary[name] = {**step(a.sample, a.output), "seconds": round(time.time() - t0, 1)}
-        (a.output / "summary.partial.json").write_text(json.dumps(summary, indent=2))  # later steps read it
-    (a.output / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_json(a.output / "summary.partial.json", summary, indent=2)  # later steps read it
+    (a.output / "summary.partial.json").replace(a.output / "summary.json")  # finished: the partial one is the whole
     print(f"demo finished: {', '.join(summary)}; summary in {a.output / 'summary.json'}")
     return 0
 
