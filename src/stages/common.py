@@ -11,12 +11,16 @@ from callbacks.throughput import ThroughputMonitor
 from src.trainer import build_trainer
 
 
+def last_checkpoint(run_dir: Path) -> Path:
+    """Where a stage's run folder keeps its latest checkpoint (ModelCheckpoint's save_last, src/trainer.py)."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
 def resume_checkpoint(run_dir: Path) -> Path | None:
     """The newest of the stage's `checkpoints/last.ckpt` and the pre-emption checkpoints Lightning writes
     on SLURM's SIGUSR1 before requeueing (`hpc_ckpt_N.ckpt` in the run folder): a requeued job continues
     from the later one."""
-    found = [p for p in [Path(run_dir) / "checkpoints" / "last.ckpt",
-                         *Path(run_dir).glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    found = [p for p in [last_checkpoint(run_dir), *Path(run_dir).glob("hpc_ckpt_*.ckpt")] if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -28,7 +32,7 @@ def fit(module, cfg: DictConfig, run_dir: Path, datamodule, max_epochs: int | No
     by default run_dir/stages.json under the config's stage name. gradient_clip_val: for a module optimised
     automatically (sr); the manually optimised ones clip inside their training_step, by their stage's
     `grad_clip_norm`."""
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(run_dir)
     resume = resume_checkpoint(run_dir)
     overrides = {"gradient_clip_val": gradient_clip_val, "gradient_clip_algorithm": "norm"}
     if max_epochs is not None:

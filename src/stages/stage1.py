@@ -17,7 +17,7 @@ from data_modules.voxceleb2 import VoxCeleb2DataModule
 from src.checkpoints import GENERATOR, WARPER, load_weights, read_checkpoint
 from src.errors import UserError
 from src.lineage import finished_checkpoint, moved_record, read_record, record_stage, write_record
-from src.stages.common import fit, resume_checkpoint, stage_cfg
+from src.stages.common import fit, last_checkpoint, resume_checkpoint, stage_cfg
 from src.training import is_launch_rank_zero
 
 
@@ -46,22 +46,21 @@ def run_refine(cfg: DictConfig, run_dir: Path, init: str | None = None, max_epoc
 def copy_run(source: Path, run_dir: Path) -> None:
     """Start run_dir as a copy of the finished stage-1 run `source`: its parts' last checkpoints and its record
     (paths moved to run_dir). Written by the launching rank; under torchrun the other ranks wait for the record."""
-    def last(folder: Path, stage: str) -> Path:  # where each part resumes from (src/stages/common.py: fit)
-        return folder / stage / "checkpoints" / "last.ckpt"
-
     if is_launch_rank_zero():
         if read_record(source)["stages"].get("refine", {}).get("status") != "done":
             raise UserError(f"stage1.continue_from: {source} is not a finished stage-1 run (its stages.json has no "
                             "finished refine)")
         record = moved_record(source, run_dir)
-        for stage in ("warp", "refine"):
+        copies = {stage: (last_checkpoint(source / stage), last_checkpoint(run_dir / stage))
+                  for stage in ("warp", "refine")}
+        for stage, (original, copy) in copies.items():
             named = Path(record["stages"].get(stage, {}).get("checkpoint", ""))
-            if named.resolve() != last(run_dir, stage).resolve() or not last(source, stage).is_file():
-                raise UserError(f"stage1.continue_from: {last(source, stage)} is missing or its stages.json names "
-                                "checkpoints outside it (written from another working folder, or moved since)")
-        for stage in ("warp", "refine"):
-            last(run_dir, stage).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(last(source, stage), last(run_dir, stage))
+            if named.resolve() != copy.resolve() or not original.is_file():
+                raise UserError(f"stage1.continue_from: {original} is missing or its stages.json names checkpoints "
+                                "outside it (written from another working folder, or moved since)")
+        for original, copy in copies.values():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(original, copy)
         write_record(run_dir, record)
         print(f"started as a copy of {source}")
         return
