@@ -52,16 +52,17 @@ def read_checkpoint(path: str | Path, mmap: bool = False, what: str = "checkpoin
     return state
 
 
-def check_resumable(path: str | Path) -> Path:
-    """`path`, a Lightning checkpoint a run resumes from, or a one-line error saying what is wrong with it and that
-    deleting it restarts from the beginning (a corrupt resume state is never silently dropped: it is work)."""
+def check_resumable(path: str | Path) -> int:
+    """The training step `path`, a Lightning checkpoint a run resumes from, was saved at, or a one-line error saying
+    what is wrong with it and that deleting it restarts from the beginning (a corrupt resume state is never silently
+    dropped: it is work)."""
     try:
         state = read_checkpoint(path, mmap=True, what="the resume checkpoint")
-        if not isinstance(state.get("state_dict"), dict) or "global_step" not in state:
+        if not isinstance(state.get("state_dict"), dict) or not isinstance(state.get("global_step"), int):
             raise UserError(f"the resume checkpoint {path} is not a Lightning training checkpoint")
     except UserError as exc:
         raise UserError(f"{exc}; move it away to start over from the beginning") from None
-    return Path(path)
+    return state["global_step"]
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:

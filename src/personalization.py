@@ -208,9 +208,8 @@ def personalize(a: PersonalizeOptions, callbacks: list | tuple = ()) -> dict:
     if not (ckpt_dir / "data.json").exists():
         atomic_write_json(ckpt_dir / "data.json", {"inputs_digest": data_stamp})
     last = ckpt_dir / "last.ckpt"
-    done = 0  # steps an interrupted run on these videos did; its checkpoint is checked now, not after an evaluation
-    if last.exists():
-        done = int(read_checkpoint(check_resumable(last), mmap=True)["global_step"])
+    # the steps an interrupted run on these videos did; its checkpoint is checked now, not after an evaluation
+    done = check_resumable(last) if last.exists() else 0
     dm = PersonalVideoDataModule(str(shards), resolution=cfg["model"]["resolution"], batch_size=a.batch_size,
                                  heldout_fraction=a.heldout_fraction, samples_per_epoch=a.steps * a.batch_size,
                                  id_dim=id_dim, seed=a.seed, source_frame=a.source_frame,
