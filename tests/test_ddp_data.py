@@ -43,8 +43,7 @@ def test_episodes_are_disjoint_by_identity(shards, tmp_path):
 @pytest.mark.slow
 def test_a_resumed_ddp_run_sees_the_episodes_of_an_uninterrupted_one(shards, tmp_path):
     """Resumed from the last step of its second epoch, a 2-process run's third epoch gives every rank the people,
-    in the same order and with the same frames, that a run never stopped gives it. Lightning's DistributedSampler
-    numbers that epoch as the one before, so the order of people must not come from it."""
+    in the same order and with the same frames, that a run never stopped gives it."""
     def run(name: str, epochs: int, resume: Path | None = None) -> list[dict]:
         out = tmp_path / name
         out.mkdir(exist_ok=True)
